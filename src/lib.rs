@@ -1,0 +1,91 @@
+//! connmon: tells Azure IoT Hub operators which devices are *really* offline.
+//!
+//! IoT Hub publishes `DeviceConnected` / `DeviceDisconnected` through Event Grid, and the device SDKs
+//! reconnect every 45–70 minutes to renew SAS tokens. connmon records each disconnect and alerts only
+//! when a device is still disconnected after a grace period. It runs as an Azure Functions custom
+//! handler (Event Grid trigger `ConnectionEvent`, timer trigger `DisconnectTimer`) or standalone as
+//! an Event Grid webhook with its own sweep ticker.
+//!
+//! # Layout
+//! - [`model`]: domain types — `Identity`, `SequenceNumber`, `Timestamp`, `ConnectionEvent`.
+//! - [`decode`]: every envelope shape (host invocation, Event Grid, CloudEvents) → `Decoded` items.
+//! - [`machine`]: the pure per-identity state machine (`apply`, `claim_due`), no I/O, no clock.
+//! - [`store`]: the `Store` trait and its SQLite implementation (group commit, conditional writes).
+//! - [`alerts`]: the alert wire body, the log line, and webhook delivery from the outbox.
+//! - [`monitor`]: the service tying decode → store → alerts together; counters; sweeps.
+//! - [`server`]: the axum router and its status codes.
+//! - [`settings`]: environment → validated `Settings`.
+//! - [`log`]: log lines (stdout for information, stderr for problems and alerts).
+
+pub mod alerts;
+pub mod decode;
+pub mod log;
+pub mod machine;
+pub mod model;
+pub mod monitor;
+pub mod server;
+pub mod settings;
+pub mod store;
+
+use machine::Policy;
+use monitor::Monitor;
+use settings::{Mode, Settings, StoreKind};
+use std::future::Future;
+use std::sync::Arc;
+use store::{sqlite::SqliteStore, Store};
+
+/// Opens the store the settings name.
+pub fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, String> {
+    let policy = Policy {
+        grace: settings.grace,
+    };
+    match &settings.store {
+        StoreKind::Sqlite { path } => SqliteStore::open(path, policy)
+            .map(|s| Arc::new(s) as Arc<dyn Store>)
+            .map_err(|e| e.to_string()),
+        StoreKind::Table => Err(
+            "CONNMON_STORE=table (Azure Table Storage) is not available in this version; use sqlite"
+                .into(),
+        ),
+    }
+}
+
+/// Serves `listener` until `shutdown` resolves. In standalone mode also sweeps every
+/// `sweep_interval` (the first sweep right away, which delivers anything left queued).
+pub async fn run(
+    settings: Settings,
+    store: Arc<dyn Store>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let policy = Policy {
+        grace: settings.grace,
+    };
+    let notifier = alerts::Notifier::new(settings.webhook_url.clone());
+    let monitor = Arc::new(Monitor::new(store, notifier, policy));
+    let ticker = match settings.mode {
+        Mode::Standalone { sweep_interval, .. } => {
+            let m = monitor.clone();
+            Some(tokio::spawn(async move {
+                let mut every = tokio::time::interval(sweep_interval);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    if let Ok(r) = m.sweep(model::Timestamp::now()).await {
+                        if !r.claimed.is_empty() || r.delivery.delivered > 0 {
+                            log::info(&r.log_lines(m.policy())[0]);
+                        }
+                    }
+                }
+            }))
+        }
+        Mode::Functions { .. } => None,
+    };
+    let result = axum::serve(listener, server::app(monitor))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    result
+}

@@ -1,0 +1,332 @@
+//! The per-identity state machine: the rules of design.md as two pure functions.
+//!
+//! [`apply`] folds one event into an identity's state; [`claim_due`] decides at sweep time whether
+//! an open outage has outlived the grace period. Neither does I/O or reads a clock: `now` is a
+//! parameter, so every rule is tested table-driven in `tests` below and by `tests/it/core.rs`.
+
+use crate::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+/// What the machine needs to know besides the events: how long a disconnect may last before it
+/// alerts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub grace: Duration,
+}
+
+impl Policy {
+    fn grace_ms(&self) -> i64 {
+        i64::try_from(self.grace.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    pub fn grace_seconds(&self) -> i64 {
+        self.grace.as_secs() as i64
+    }
+
+    /// Outages that started at or before this instant are due at `now`.
+    pub fn due_cutoff(&self, now: Timestamp) -> Timestamp {
+        now.plus_millis(-self.grace_ms())
+    }
+}
+
+/// An open outage: the identity was last seen disconnecting at `started_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outage {
+    pub started_at: Timestamp,
+    /// Sequence number of the disconnect that opened (or last restarted) it: the outage's name in
+    /// `dedupKey`.
+    pub seq: SequenceNumber,
+    /// When the `disconnected` alert was claimed; `None` while the outage is still within its grace.
+    pub alerted_at: Option<Timestamp>,
+}
+
+/// Everything kept about one identity. `Default` is "never heard of".
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IdentityState {
+    /// Highest sequence number applied; events at or below it change nothing (rule 2).
+    pub last_seq: Option<SequenceNumber>,
+    /// Time of the last applied event (event time, else receipt time).
+    pub last_event_at: Option<Timestamp>,
+    /// Last known connection state; `None` before the first connect/disconnect.
+    pub connected: Option<bool>,
+    pub outage: Option<Outage>,
+    /// Set by `DeviceDeleted`: events from before this instant are ignored (rule 5).
+    pub deleted_at: Option<Timestamp>,
+}
+
+impl IdentityState {
+    /// The instant this identity's outage becomes eligible for the sweep index, if it is pending.
+    pub fn pending_since(&self) -> Option<Timestamp> {
+        self.outage
+            .filter(|o| o.alerted_at.is_none())
+            .map(|o| o.started_at)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AlertKind {
+    Disconnected,
+    Reconnected,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Disconnected => "disconnected",
+            AlertKind::Reconnected => "reconnected",
+        }
+    }
+}
+
+/// An alert in domain terms; `alerts::AlertBody` is its wire form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    pub kind: AlertKind,
+    pub dedup_key: String,
+    pub identity: Identity,
+    pub disconnected_at: Timestamp,
+    pub reconnected_at: Option<Timestamp>,
+    pub downtime_seconds: i64,
+    pub grace_period_seconds: i64,
+    pub detected_at: Timestamp,
+}
+
+/// What applying an event did, for logs, counters and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Same sequence number as the last applied event (Event Grid redelivery).
+    Duplicate,
+    /// Lower sequence number than the last applied event (reordered delivery).
+    Stale,
+    /// The event's time is before the identity's deletion.
+    BeforeDeletion,
+    /// A disconnect with no outage open: an outage starts.
+    Opened,
+    /// A newer disconnect while an un-alerted outage was open: the device was briefly back.
+    Restarted,
+    /// A newer disconnect after the alert was sent: the outage goes on.
+    Continued,
+    /// A connect with no outage open.
+    Connected,
+    /// A connect closed an outage inside its grace period: the token-renewal case, silent.
+    ClosedSilently,
+    /// A connect closed an alerted outage: one `reconnected` alert.
+    Reconnected,
+    /// `DeviceDeleted` removed the identity's state.
+    Deleted,
+    /// `DeviceDeleted` older than events already applied (the id was re-created since).
+    DeleteSuperseded,
+}
+
+impl Outcome {
+    /// Whether the store has anything to write.
+    pub fn changes_state(self) -> bool {
+        !matches!(
+            self,
+            Outcome::Duplicate
+                | Outcome::Stale
+                | Outcome::BeforeDeletion
+                | Outcome::DeleteSuperseded
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Duplicate => "duplicate",
+            Outcome::Stale => "stale",
+            Outcome::BeforeDeletion => "before_deletion",
+            Outcome::Opened => "opened",
+            Outcome::Restarted => "restarted",
+            Outcome::Continued => "continued",
+            Outcome::Connected => "connected",
+            Outcome::ClosedSilently => "closed_silently",
+            Outcome::Reconnected => "reconnected",
+            Outcome::Deleted => "deleted",
+            Outcome::DeleteSuperseded => "delete_superseded",
+        }
+    }
+}
+
+/// The result of [`apply`]: the next state (equal to the old one when nothing changed), what
+/// happened, and the alert to queue, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub state: IdentityState,
+    pub outcome: Outcome,
+    pub alert: Option<Alert>,
+    /// The identity was deleted: any of its alerts still waiting for delivery are withdrawn.
+    pub cancel_queued_alerts: bool,
+}
+
+/// Applies one event to an identity's state (rules 2–5). `received_at` stands in for a missing
+/// event time and stamps a `reconnected` alert's `detectedAt`.
+pub fn apply(
+    state: &IdentityState,
+    event: &ConnectionEvent,
+    received_at: Timestamp,
+    policy: &Policy,
+) -> Transition {
+    let at = event.time.unwrap_or(received_at);
+    let unchanged = |outcome| Transition {
+        state: state.clone(),
+        outcome,
+        alert: None,
+        cancel_queued_alerts: false,
+    };
+    let seq = match event.kind {
+        EventKind::Deleted => return apply_delete(state, at),
+        EventKind::Connected(s) | EventKind::Disconnected(s) => s,
+    };
+    if state.deleted_at.is_some_and(|d| at < d) {
+        return unchanged(Outcome::BeforeDeletion);
+    }
+    if let Some(last) = state.last_seq {
+        if seq == last {
+            return unchanged(Outcome::Duplicate);
+        }
+        if seq < last {
+            return unchanged(Outcome::Stale);
+        }
+    }
+    let mut next = IdentityState {
+        last_seq: Some(seq),
+        last_event_at: Some(at),
+        ..state.clone()
+    };
+    let mut alert = None;
+    let outcome = match event.kind {
+        EventKind::Disconnected(_) => {
+            next.connected = Some(false);
+            match state.outage {
+                None => {
+                    next.outage = Some(Outage {
+                        started_at: at,
+                        seq,
+                        alerted_at: None,
+                    });
+                    Outcome::Opened
+                }
+                Some(o) if o.alerted_at.is_none() => {
+                    next.outage = Some(Outage {
+                        started_at: at,
+                        seq,
+                        alerted_at: None,
+                    });
+                    Outcome::Restarted
+                }
+                Some(_) => Outcome::Continued,
+            }
+        }
+        EventKind::Connected(_) => {
+            next.connected = Some(true);
+            next.outage = None;
+            match state.outage {
+                None => Outcome::Connected,
+                Some(o) if o.alerted_at.is_none() => Outcome::ClosedSilently,
+                Some(o) => {
+                    alert = Some(Alert {
+                        kind: AlertKind::Reconnected,
+                        dedup_key: dedup_key(&event.identity, &o.seq),
+                        identity: event.identity.clone(),
+                        disconnected_at: o.started_at,
+                        reconnected_at: Some(at),
+                        downtime_seconds: at.seconds_since(o.started_at),
+                        grace_period_seconds: policy.grace_seconds(),
+                        detected_at: received_at,
+                    });
+                    Outcome::Reconnected
+                }
+            }
+        }
+        EventKind::Deleted => unreachable!("handled above"),
+    };
+    Transition {
+        state: next,
+        outcome,
+        alert,
+        cancel_queued_alerts: false,
+    }
+}
+
+fn apply_delete(state: &IdentityState, at: Timestamp) -> Transition {
+    let superseded = state.last_event_at.is_some_and(|t| t > at);
+    let duplicate = state.deleted_at.is_some_and(|d| d >= at) && state.last_seq.is_none();
+    if superseded || duplicate {
+        return Transition {
+            state: state.clone(),
+            outcome: if duplicate {
+                Outcome::Duplicate
+            } else {
+                Outcome::DeleteSuperseded
+            },
+            alert: None,
+            cancel_queued_alerts: false,
+        };
+    }
+    Transition {
+        state: IdentityState {
+            deleted_at: Some(at),
+            ..IdentityState::default()
+        },
+        outcome: Outcome::Deleted,
+        alert: None,
+        cancel_queued_alerts: true,
+    }
+}
+
+/// At sweep time `now`: if the identity's outage has lasted the grace period and has no alert yet,
+/// claims it — returns the state with the alert recorded and the `disconnected` alert (rule 6).
+pub fn claim_due(
+    identity: &Identity,
+    state: &IdentityState,
+    now: Timestamp,
+    policy: &Policy,
+) -> Option<(IdentityState, Alert)> {
+    let outage = state.outage?;
+    if outage.alerted_at.is_some() || outage.started_at > policy.due_cutoff(now) {
+        return None;
+    }
+    let alert = Alert {
+        kind: AlertKind::Disconnected,
+        dedup_key: dedup_key(identity, &outage.seq),
+        identity: identity.clone(),
+        disconnected_at: outage.started_at,
+        reconnected_at: None,
+        downtime_seconds: now.seconds_since(outage.started_at),
+        grace_period_seconds: policy.grace_seconds(),
+        detected_at: now,
+    };
+    let next = IdentityState {
+        outage: Some(Outage {
+            alerted_at: Some(now),
+            ..outage
+        }),
+        ..state.clone()
+    };
+    Some((next, alert))
+}
+
+/// Names one outage: the same for its `disconnected` and `reconnected` alerts, on every retry and
+/// every instance, and different for every outage (each starts at a distinct sequence number).
+/// The fields are length-prefixed so no choice of ids can collide with another.
+pub fn dedup_key(identity: &Identity, seq: &SequenceNumber) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        identity.hub().as_bytes(),
+        identity.device().as_bytes(),
+        identity.module().unwrap_or("").as_bytes(),
+    ] {
+        h.update((part.len() as u32).to_be_bytes());
+        h.update(part);
+    }
+    h.update([identity.module().is_some() as u8]);
+    h.update(seq.as_bytes());
+    let digest = h.finalize();
+    let mut s = String::with_capacity(40);
+    s.push_str("cm1-");
+    for b in &digest[..16] {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}

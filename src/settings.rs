@@ -1,0 +1,277 @@
+//! Settings: read once at start-up from the environment (Function App application settings), in two
+//! stages — raw strings, then a validated [`Settings`]. Every error names the setting, the value
+//! (unless it is a secret) and the accepted forms; `main` prints it and exits with code 2.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the process is driven.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Under the Functions host: listen on `127.0.0.1:port`, sweep when the timer function is
+    /// invoked.
+    Functions { port: u16 },
+    /// A plain Event Grid webhook receiver with its own sweep ticker.
+    Standalone {
+        listen: SocketAddr,
+        sweep_interval: Duration,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    Sqlite {
+        path: PathBuf,
+    },
+    /// Azure Table Storage (scale-out); not in this build yet.
+    Table,
+}
+
+/// A value that must never be printed: `Debug` and `Display` show a placeholder.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(v: T) -> Self {
+        Secret(v)
+    }
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub mode: Mode,
+    pub grace: Duration,
+    pub webhook_url: Option<Secret<String>>,
+    pub store: StoreKind,
+}
+
+/// A setting that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingsError {
+    pub name: &'static str,
+    /// `None` for secrets: the value is never echoed.
+    pub value: Option<String>,
+    pub expected: String,
+}
+
+impl fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            Some(v) => write!(f, "invalid {}={:?}: {}", self.name, v, self.expected),
+            None => write!(
+                f,
+                "invalid {} (value not shown: it is a secret): {}",
+                self.name, self.expected
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SettingsError {}
+
+const DURATION_FORMS: &str =
+    "expected a duration such as 90s, 5m, 1h30m, 2d, plain seconds (300) or a .NET TimeSpan (00:05:00)";
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Settings, SettingsError> {
+        Settings::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads settings through `get`, so tests can pass a map. Empty values count as unset (an app
+    /// setting that exists but is blank).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Settings, SettingsError> {
+        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        let bad = |name: &'static str, value: &str, expected: &str| SettingsError {
+            name,
+            value: Some(value.to_string()),
+            expected: expected.to_string(),
+        };
+
+        let grace = match get("CONNMON_GRACE_PERIOD") {
+            None => Duration::from_secs(300),
+            Some(v) => {
+                parse_duration(&v).ok_or_else(|| bad("CONNMON_GRACE_PERIOD", &v, DURATION_FORMS))?
+            }
+        };
+        if grace > Duration::from_secs(30 * 86_400) {
+            return Err(bad(
+                "CONNMON_GRACE_PERIOD",
+                &get("CONNMON_GRACE_PERIOD").unwrap_or_default(),
+                "the grace period must be at most 30 days",
+            ));
+        }
+
+        let webhook_url = match get("CONNMON_ALERT_WEBHOOK_URL") {
+            None => None,
+            Some(v) => Some(Secret::new(validate_url(&v).map_err(|why| {
+                SettingsError {
+                    name: "CONNMON_ALERT_WEBHOOK_URL",
+                    value: None,
+                    expected: why,
+                }
+            })?)),
+        };
+
+        let store = match get("CONNMON_STORE").as_deref().map(str::trim) {
+            None | Some("sqlite") => StoreKind::Sqlite {
+                path: PathBuf::from(
+                    get("CONNMON_SQLITE_PATH").unwrap_or_else(|| "connmon.db".into()),
+                ),
+            },
+            Some("table") => StoreKind::Table,
+            Some(v) => return Err(bad("CONNMON_STORE", v, "expected `sqlite` or `table`")),
+        };
+
+        let mode = match get("FUNCTIONS_CUSTOMHANDLER_PORT") {
+            Some(p) => Mode::Functions {
+                port: p
+                    .trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| {
+                        bad(
+                            "FUNCTIONS_CUSTOMHANDLER_PORT",
+                            &p,
+                            "expected a TCP port number 1-65535",
+                        )
+                    })?,
+            },
+            None => {
+                let listen = match get("CONNMON_LISTEN") {
+                    None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+                    Some(v) => v.trim().parse().map_err(|_| {
+                        bad("CONNMON_LISTEN", &v, "expected an IP address and port such as 127.0.0.1:8080 or 0.0.0.0:8080 or [::]:8080")
+                    })?,
+                };
+                let sweep_interval = match get("CONNMON_SWEEP_INTERVAL") {
+                    None => Duration::from_secs(30),
+                    Some(v) => parse_duration(&v)
+                        .filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(3600))
+                        .ok_or_else(|| {
+                            bad(
+                                "CONNMON_SWEEP_INTERVAL",
+                                &v,
+                                &format!("{DURATION_FORMS}, between 1s and 1h"),
+                            )
+                        })?,
+                };
+                Mode::Standalone {
+                    listen,
+                    sweep_interval,
+                }
+            }
+        };
+
+        Ok(Settings {
+            mode,
+            grace,
+            webhook_url,
+            store,
+        })
+    }
+}
+
+/// Checks that a webhook URL is an absolute http(s) URL, without ever quoting it back.
+fn validate_url(v: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(v.trim())
+        .map_err(|e| format!("expected an absolute http:// or https:// URL ({e})"))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err("expected an absolute http:// or https:// URL (the scheme is neither)".into());
+    }
+    if url.host_str().is_none() {
+        return Err("expected an absolute http:// or https:// URL (no host)".into());
+    }
+    Ok(v.trim().to_string())
+}
+
+/// Parses the duration forms operators write: `90s`, `5m`, `1h30m`, `2d`, `250ms`, plain seconds
+/// `300`, and .NET TimeSpan `[d.]hh:mm[:ss[.fffffff]]` (what Azure app settings often hold).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse::<u64>().ok().map(Duration::from_secs);
+    }
+    if s.contains(':') {
+        return parse_timespan(s);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    let mut last_rank = usize::MAX;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let (unit, ms_per, rank) = match &rest[..unit_len] {
+            "d" => ("d", 86_400_000u64, 4),
+            "h" => ("h", 3_600_000, 3),
+            "m" => ("m", 60_000, 2),
+            "s" => ("s", 1_000, 1),
+            "ms" => ("ms", 1, 0),
+            _ => return None,
+        };
+        // Units must come largest first, each at most once: `5m1h` is more likely a typo.
+        if rank >= last_rank {
+            return None;
+        }
+        last_rank = rank;
+        rest = &rest[unit.len()..];
+        total = total.checked_add(Duration::from_millis(n.checked_mul(ms_per)?))?;
+    }
+    Some(total)
+}
+
+fn parse_timespan(s: &str) -> Option<Duration> {
+    let (days, clock) = match s.split_once('.') {
+        Some((d, rest)) if rest.contains(':') && !d.contains(':') => (d.parse::<u64>().ok()?, rest),
+        _ => (0, s),
+    };
+    let parts: Vec<&str> = clock.split(':').collect();
+    if parts.len() < 2 || parts.len() > 3 {
+        return None;
+    }
+    let num = |p: &str, max: u64| -> Option<u64> {
+        if p.is_empty() || p.len() > 2 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        p.parse::<u64>().ok().filter(|v| *v <= max)
+    };
+    let h = num(parts[0], 23)?;
+    let m = num(parts[1], 59)?;
+    let (sec, frac_ms) = match parts.get(2) {
+        None => (0, 0),
+        Some(p) => {
+            let (whole, frac) = p.split_once('.').unwrap_or((p, ""));
+            if frac.len() > 7 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let mut ms = 0u64;
+            for (i, b) in frac.bytes().take(3).enumerate() {
+                ms += u64::from(b - b'0') * [100, 10, 1][i];
+            }
+            (num(whole, 59)?, ms)
+        }
+    };
+    let secs = days.checked_mul(86_400)? + h * 3600 + m * 60 + sec;
+    Some(Duration::from_secs(secs) + Duration::from_millis(frac_ms))
+}

@@ -1,0 +1,95 @@
+//! The store boundary: durable per-identity state plus the alert outbox.
+//!
+//! Every implementation keeps the same promises, which the server relies on:
+//! - a call returns `Ok` only after its effect is durable (rule 7);
+//! - every write is conditional on the state it was computed from, so concurrent callers give the
+//!   result of some serial order (rule 9);
+//! - a `disconnected` alert is claimed (recorded on the identity and queued in the outbox) in the
+//!   same atomic write, so it is queued exactly once and survives a crash before delivery;
+//! - a sweep reads only what is due (an index on the outage start), never every identity.
+
+pub mod sqlite;
+
+use crate::machine::{Alert, Outcome};
+use crate::model::{ConnectionEvent, Timestamp};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What applying one event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub outcome: Outcome,
+    /// A `reconnected` alert queued by this event.
+    pub alert: Option<Alert>,
+}
+
+/// An alert waiting in the outbox for delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedAlert {
+    pub id: i64,
+    /// The alert's wire body (one element of the webhook's `alerts` array), stored as JSON text.
+    pub body: String,
+    pub attempts: u32,
+}
+
+/// The store could not do what was asked; the caller answers non-2xx so the sender retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The database is unavailable, full, read-only or corrupt; the message says which.
+    Unavailable(String),
+    /// A conditional write found the row changed underneath it more times than retries allow.
+    Conflict(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Unavailable(m) => write!(f, "store unavailable: {m}"),
+            StoreError::Conflict(m) => write!(f, "store conflict: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Durable state behind the state machine. Object-safe so the server holds `Arc<dyn Store>`.
+pub trait Store: Send + Sync {
+    /// Applies events (in the order given) and makes the result durable before returning.
+    fn apply(
+        &self,
+        events: Vec<ConnectionEvent>,
+        received_at: Timestamp,
+    ) -> BoxFuture<'_, Result<Vec<Applied>, StoreError>>;
+
+    /// Claims up to `limit` outages due at `now` (start + grace <= now, no alert yet): records the
+    /// alert on each identity and queues it, atomically. Returns the claimed alerts.
+    fn claim_due(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Alert>, StoreError>>;
+
+    /// Up to `limit` queued alerts, oldest first, ending before the first one whose next attempt is
+    /// after `now` (delivery keeps the order alerts were raised in).
+    fn queued(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<QueuedAlert>, StoreError>>;
+
+    /// Removes delivered alerts from the outbox.
+    fn delivered(&self, ids: Vec<i64>) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Records a failed attempt: the alerts are tried again at `next_attempt_at`.
+    fn failed(
+        &self,
+        ids: Vec<i64>,
+        next_attempt_at: Timestamp,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// How many alerts wait in the outbox (for the sweep summary).
+    fn queue_len(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
+}

@@ -1,0 +1,624 @@
+//! The embedded store: one SQLite file in WAL mode, written by one dedicated thread.
+//!
+//! Group commit: callers send commands over a channel; the writer thread takes every command that is
+//! waiting (up to [`MAX_BATCH`]), runs them in one `BEGIN IMMEDIATE` transaction, commits once
+//! (`synchronous=FULL`: durable when `COMMIT` returns) and only then answers each caller. Under load
+//! many concurrent events share one fsync; alone, an event costs one commit. A failed batch is rolled
+//! back whole and every caller in it gets the error, so nothing is acknowledged that is not on disk.
+//!
+//! Rows are written conditionally (`version` must match what was read, inserts must not find a row),
+//! so two processes on one file — which SQLite serialises with its write lock — can never lose an
+//! update either.
+
+use super::{Applied, BoxFuture, QueuedAlert, Store, StoreError};
+use crate::alerts::AlertBody;
+use crate::machine::{self, Alert, IdentityState, Outage, Policy};
+use crate::model::{ConnectionEvent, Identity, SequenceNumber, Timestamp};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::Path;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most commands folded into one transaction; bounds the latency one commit adds to the first caller.
+const MAX_BATCH: usize = 2048;
+/// Tombstones of deleted identities are kept this long: Event Grid retries for up to 24 hours, so
+/// anything older cannot be a late delivery of a pre-deletion event.
+const TOMBSTONE_KEEP_MS: i64 = 7 * 86_400_000;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS identities (
+    hub           TEXT    NOT NULL,
+    device        TEXT    NOT NULL,
+    module        TEXT    NOT NULL,   -- '' for a device-level identity (module ids are never empty)
+    version       INTEGER NOT NULL,
+    last_seq      BLOB,               -- 32 bytes, big-endian
+    last_event_at INTEGER,            -- unix ms
+    connected     INTEGER,
+    outage_start  INTEGER,
+    outage_seq    BLOB,
+    alerted_at    INTEGER,
+    pending_since INTEGER,            -- outage_start while no alert is claimed; the sweep index
+    deleted_at    INTEGER,
+    PRIMARY KEY (hub, device, module)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS identities_pending ON identities(pending_since)
+    WHERE pending_since IS NOT NULL;
+CREATE INDEX IF NOT EXISTS identities_tombstones ON identities(deleted_at)
+    WHERE last_seq IS NULL AND deleted_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS outbox (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    hub             TEXT    NOT NULL,
+    device          TEXT    NOT NULL,
+    module          TEXT    NOT NULL,
+    kind            TEXT    NOT NULL,
+    dedup_key       TEXT    NOT NULL,
+    body            TEXT    NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL,
+    UNIQUE (dedup_key, kind)
+);
+CREATE INDEX IF NOT EXISTS outbox_identity ON outbox(hub, device, module);
+";
+
+enum Command {
+    Apply {
+        events: Vec<ConnectionEvent>,
+        received_at: Timestamp,
+        reply: oneshot::Sender<Result<Vec<Applied>, StoreError>>,
+    },
+    ClaimDue {
+        now: Timestamp,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<Alert>, StoreError>>,
+    },
+    Queued {
+        now: Timestamp,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<QueuedAlert>, StoreError>>,
+    },
+    Delivered {
+        ids: Vec<i64>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Failed {
+        ids: Vec<i64>,
+        next_attempt_at: Timestamp,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    QueueLen {
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+}
+
+/// Handle to the writer thread; cheap to share behind an `Arc`. Dropping the last handle ends the
+/// thread after it finishes what it has.
+pub struct SqliteStore {
+    tx: mpsc::Sender<Command>,
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and starts the writer thread.
+    pub fn open(path: &Path, policy: Policy) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open(path).map_err(|e| {
+            StoreError::Unavailable(format!("cannot open SQLite file {}: {e}", path.display()))
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db_err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(db_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Unavailable(format!(
+                "SQLite file {} cannot use WAL (journal_mode is {mode})",
+                path.display()
+            )));
+        }
+        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;")
+            .map_err(db_err)?;
+        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        let (tx, rx) = mpsc::channel(16_384);
+        std::thread::Builder::new()
+            .name("connmon-sqlite".into())
+            .spawn(move || Writer { conn, policy }.run(rx))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the SQLite thread: {e}")))?;
+        Ok(SqliteStore { tx })
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| StoreError::Unavailable("the SQLite writer thread has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the SQLite writer thread has stopped".into()))?
+    }
+}
+
+impl Store for SqliteStore {
+    fn apply(
+        &self,
+        events: Vec<ConnectionEvent>,
+        received_at: Timestamp,
+    ) -> BoxFuture<'_, Result<Vec<Applied>, StoreError>> {
+        Box::pin(self.call(move |reply| Command::Apply {
+            events,
+            received_at,
+            reply,
+        }))
+    }
+
+    fn claim_due(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Alert>, StoreError>> {
+        Box::pin(self.call(move |reply| Command::ClaimDue { now, limit, reply }))
+    }
+
+    fn queued(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<QueuedAlert>, StoreError>> {
+        Box::pin(self.call(move |reply| Command::Queued { now, limit, reply }))
+    }
+
+    fn delivered(&self, ids: Vec<i64>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.call(move |reply| Command::Delivered { ids, reply }))
+    }
+
+    fn failed(
+        &self,
+        ids: Vec<i64>,
+        next_attempt_at: Timestamp,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.call(move |reply| Command::Failed {
+            ids,
+            next_attempt_at,
+            reply,
+        }))
+    }
+
+    fn queue_len(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(self.call(|reply| Command::QueueLen { reply }))
+    }
+}
+
+/// A result computed inside the transaction, sent only after the commit succeeded.
+enum Pending {
+    Apply(
+        oneshot::Sender<Result<Vec<Applied>, StoreError>>,
+        Vec<Applied>,
+    ),
+    Claim(oneshot::Sender<Result<Vec<Alert>, StoreError>>, Vec<Alert>),
+    Queued(
+        oneshot::Sender<Result<Vec<QueuedAlert>, StoreError>>,
+        Vec<QueuedAlert>,
+    ),
+    Unit(oneshot::Sender<Result<(), StoreError>>),
+    Len(oneshot::Sender<Result<u64, StoreError>>, u64),
+}
+
+impl Pending {
+    fn send_ok(self) {
+        // A caller that gave up (its HTTP request was dropped) no longer listens; that is fine.
+        let _ = match self {
+            Pending::Apply(r, v) => r.send(Ok(v)).map_err(drop),
+            Pending::Claim(r, v) => r.send(Ok(v)).map_err(drop),
+            Pending::Queued(r, v) => r.send(Ok(v)).map_err(drop),
+            Pending::Unit(r) => r.send(Ok(())).map_err(drop),
+            Pending::Len(r, v) => r.send(Ok(v)).map_err(drop),
+        };
+    }
+
+    fn send_err(self, e: StoreError) {
+        let _ = match self {
+            Pending::Apply(r, _) => r.send(Err(e)).map_err(drop),
+            Pending::Claim(r, _) => r.send(Err(e)).map_err(drop),
+            Pending::Queued(r, _) => r.send(Err(e)).map_err(drop),
+            Pending::Unit(r) => r.send(Err(e)).map_err(drop),
+            Pending::Len(r, _) => r.send(Err(e)).map_err(drop),
+        };
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    policy: Policy,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
+            }
+            self.run_batch(&mut batch);
+        }
+    }
+
+    /// Runs every command of `batch` in one transaction; answers them after the commit.
+    fn run_batch(&mut self, batch: &mut Vec<Command>) {
+        let mut done: Vec<Pending> = Vec::with_capacity(batch.len());
+        let mut failures: Vec<(Pending, StoreError)> = Vec::new();
+        let result = (|| -> Result<(), StoreError> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            for cmd in batch.drain(..) {
+                match exec(&tx, &self.policy, cmd) {
+                    Ok(p) => done.push(p),
+                    Err((p, e)) => failures.push((p, e)),
+                }
+            }
+            if let Some((_, e)) = failures.first() {
+                return Err(e.clone());
+            }
+            tx.commit().map_err(db_err)
+        })();
+        match result {
+            Ok(()) => done.into_iter().for_each(Pending::send_ok),
+            Err(e) => {
+                // Nothing of this batch is durable: every caller hears so, and retries.
+                for p in done {
+                    p.send_err(e.clone());
+                }
+                for (p, own) in failures {
+                    p.send_err(own);
+                }
+                for cmd in batch.drain(..) {
+                    reply_err(cmd, e.clone());
+                }
+            }
+        }
+    }
+}
+
+fn reply_err(cmd: Command, e: StoreError) {
+    let p = match cmd {
+        Command::Apply { reply, .. } => Pending::Apply(reply, Vec::new()),
+        Command::ClaimDue { reply, .. } => Pending::Claim(reply, Vec::new()),
+        Command::Queued { reply, .. } => Pending::Queued(reply, Vec::new()),
+        Command::Delivered { reply, .. } | Command::Failed { reply, .. } => Pending::Unit(reply),
+        Command::QueueLen { reply } => Pending::Len(reply, 0),
+    };
+    p.send_err(e);
+}
+
+type ExecResult = Result<Pending, (Pending, StoreError)>;
+
+fn exec(tx: &rusqlite::Transaction<'_>, policy: &Policy, cmd: Command) -> ExecResult {
+    match cmd {
+        Command::Apply {
+            events,
+            received_at,
+            reply,
+        } => match apply_events(tx, policy, &events, received_at) {
+            Ok(v) => Ok(Pending::Apply(reply, v)),
+            Err(e) => Err((Pending::Apply(reply, Vec::new()), e)),
+        },
+        Command::ClaimDue { now, limit, reply } => match claim_due(tx, policy, now, limit) {
+            Ok(v) => Ok(Pending::Claim(reply, v)),
+            Err(e) => Err((Pending::Claim(reply, Vec::new()), e)),
+        },
+        Command::Queued { now, limit, reply } => match queued(tx, now, limit) {
+            Ok(v) => Ok(Pending::Queued(reply, v)),
+            Err(e) => Err((Pending::Queued(reply, Vec::new()), e)),
+        },
+        Command::Delivered { ids, reply } => {
+            let r = ids.iter().try_for_each(|id| {
+                tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")
+                    .and_then(|mut s| s.execute([id]))
+                    .map(drop)
+                    .map_err(db_err)
+            });
+            unit(reply, r)
+        }
+        Command::Failed {
+            ids,
+            next_attempt_at,
+            reply,
+        } => {
+            let r = ids.iter().try_for_each(|id| {
+                tx.prepare_cached(
+                    "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2 WHERE id = ?1",
+                )
+                .and_then(|mut s| s.execute(params![id, next_attempt_at.unix_millis()]))
+                .map(drop)
+                .map_err(db_err)
+            });
+            unit(reply, r)
+        }
+        Command::QueueLen { reply } => {
+            match tx.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get::<_, i64>(0)) {
+                Ok(n) => Ok(Pending::Len(reply, n as u64)),
+                Err(e) => Err((Pending::Len(reply, 0), db_err(e))),
+            }
+        }
+    }
+}
+
+fn unit(reply: oneshot::Sender<Result<(), StoreError>>, r: Result<(), StoreError>) -> ExecResult {
+    match r {
+        Ok(()) => Ok(Pending::Unit(reply)),
+        Err(e) => Err((Pending::Unit(reply), e)),
+    }
+}
+
+/// A row as read: the state and the version the conditional write must find.
+struct Row {
+    state: IdentityState,
+    version: Option<i64>,
+}
+
+fn module_key(id: &Identity) -> &str {
+    id.module().unwrap_or("")
+}
+
+fn seq_from(blob: Option<Vec<u8>>) -> Option<SequenceNumber> {
+    blob.and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+        .map(SequenceNumber::from_bytes)
+}
+
+fn load(tx: &rusqlite::Transaction<'_>, id: &Identity) -> Result<Row, StoreError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT version, last_seq, last_event_at, connected, outage_start, outage_seq,
+                    alerted_at, deleted_at
+             FROM identities WHERE hub = ?1 AND device = ?2 AND module = ?3",
+        )
+        .map_err(db_err)?;
+    let row = stmt
+        .query_row(params![id.hub(), id.device(), module_key(id)], row_to_state)
+        .optional()
+        .map_err(db_err)?;
+    Ok(match row {
+        Some((version, state)) => Row {
+            state,
+            version: Some(version),
+        },
+        None => Row {
+            state: IdentityState::default(),
+            version: None,
+        },
+    })
+}
+
+/// Maps columns `version, last_seq, last_event_at, connected, outage_start, outage_seq, alerted_at,
+/// deleted_at` (in that order) to a state.
+fn row_to_state(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, IdentityState)> {
+    let ts = |v: Option<i64>| v.map(Timestamp::from_unix_millis);
+    let outage_start: Option<i64> = r.get(4)?;
+    let outage_seq = seq_from(r.get(5)?);
+    let outage = match (outage_start, outage_seq) {
+        (Some(start), Some(seq)) => Some(Outage {
+            started_at: Timestamp::from_unix_millis(start),
+            seq,
+            alerted_at: ts(r.get(6)?),
+        }),
+        _ => None,
+    };
+    Ok((
+        r.get(0)?,
+        IdentityState {
+            last_seq: seq_from(r.get(1)?),
+            last_event_at: ts(r.get(2)?),
+            connected: r.get::<_, Option<bool>>(3)?,
+            outage,
+            deleted_at: ts(r.get(7)?),
+        },
+    ))
+}
+
+/// Writes `state` for `id` if the row is still at `version` (or still absent). The single writer
+/// makes a mismatch impossible within one process; across processes SQLite's write lock does, and
+/// this check turns any bug in that reasoning into an error instead of a lost update.
+fn save(
+    tx: &rusqlite::Transaction<'_>,
+    id: &Identity,
+    state: &IdentityState,
+    version: Option<i64>,
+) -> Result<i64, StoreError> {
+    let ms = |t: Option<Timestamp>| t.map(Timestamp::unix_millis);
+    let outage = state.outage;
+    let last_seq = state.last_seq.map(|s| s.as_bytes().to_vec());
+    let outage_seq = outage.map(|o| o.seq.as_bytes().to_vec());
+    let new_version = version.map_or(1, |v| v + 1);
+    let values = params![
+        id.hub(),
+        id.device(),
+        module_key(id),
+        new_version,
+        last_seq,
+        ms(state.last_event_at),
+        state.connected,
+        outage.map(|o| o.started_at.unix_millis()),
+        outage_seq,
+        ms(outage.and_then(|o| o.alerted_at)),
+        ms(state.pending_since()),
+        ms(state.deleted_at),
+        version,
+    ];
+    let changed = match version {
+        None => tx
+            .prepare_cached(
+                "INSERT INTO identities (hub, device, module, version, last_seq, last_event_at,
+                    connected, outage_start, outage_seq, alerted_at, pending_since, deleted_at)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12 WHERE ?13 IS NULL
+                 ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(values)),
+        Some(_) => tx
+            .prepare_cached(
+                "UPDATE identities SET version = ?4, last_seq = ?5, last_event_at = ?6,
+                    connected = ?7, outage_start = ?8, outage_seq = ?9, alerted_at = ?10,
+                    pending_since = ?11, deleted_at = ?12
+                 WHERE hub = ?1 AND device = ?2 AND module = ?3 AND version = ?13",
+            )
+            .and_then(|mut s| s.execute(values)),
+    }
+    .map_err(db_err)?;
+    if changed != 1 {
+        return Err(StoreError::Conflict(format!(
+            "identity {id} changed while it was being updated"
+        )));
+    }
+    Ok(new_version)
+}
+
+fn enqueue(tx: &rusqlite::Transaction<'_>, alert: &Alert) -> Result<(), StoreError> {
+    let body = serde_json::to_string(&AlertBody::from(alert))
+        .map_err(|e| StoreError::Unavailable(format!("cannot encode alert: {e}")))?;
+    tx.prepare_cached(
+        "INSERT INTO outbox (hub, device, module, kind, dedup_key, body, next_attempt_at, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+         ON CONFLICT (dedup_key, kind) DO NOTHING",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            alert.identity.hub(),
+            alert.identity.device(),
+            module_key(&alert.identity),
+            alert.kind.as_str(),
+            alert.dedup_key,
+            body,
+            alert.detected_at.unix_millis(),
+        ])
+    })
+    .map(drop)
+    .map_err(db_err)
+}
+
+fn apply_events(
+    tx: &rusqlite::Transaction<'_>,
+    policy: &Policy,
+    events: &[ConnectionEvent],
+    received_at: Timestamp,
+) -> Result<Vec<Applied>, StoreError> {
+    let mut out = Vec::with_capacity(events.len());
+    for ev in events {
+        let row = load(tx, &ev.identity)?;
+        let t = machine::apply(&row.state, ev, received_at, policy);
+        if t.outcome.changes_state() {
+            save(tx, &ev.identity, &t.state, row.version)?;
+        }
+        if let Some(alert) = &t.alert {
+            enqueue(tx, alert)?;
+        }
+        if t.cancel_queued_alerts {
+            tx.prepare_cached(
+                "DELETE FROM outbox WHERE hub = ?1 AND device = ?2 AND module = ?3
+                   AND kind = 'disconnected'",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    ev.identity.hub(),
+                    ev.identity.device(),
+                    module_key(&ev.identity)
+                ])
+            })
+            .map_err(db_err)?;
+        }
+        out.push(Applied {
+            outcome: t.outcome,
+            alert: t.alert,
+        });
+    }
+    Ok(out)
+}
+
+fn claim_due(
+    tx: &rusqlite::Transaction<'_>,
+    policy: &Policy,
+    now: Timestamp,
+    limit: usize,
+) -> Result<Vec<Alert>, StoreError> {
+    let cutoff = policy.due_cutoff(now).unix_millis();
+    let rows: Vec<(Identity, i64, IdentityState)> = {
+        let mut stmt = tx
+            .prepare_cached(
+                "SELECT version, last_seq, last_event_at, connected, outage_start, outage_seq,
+                        alerted_at, deleted_at, hub, device, module
+                 FROM identities WHERE pending_since IS NOT NULL AND pending_since <= ?1
+                 ORDER BY pending_since LIMIT ?2",
+            )
+            .map_err(db_err)?;
+        let mapped = stmt
+            .query_map(params![cutoff, limit as i64], |r| {
+                let (version, state) = row_to_state(r)?;
+                let module: String = r.get(10)?;
+                let id = Identity::new(
+                    &r.get::<_, String>(8)?,
+                    &r.get::<_, String>(9)?,
+                    Some(module.as_str()),
+                );
+                Ok((id, version, state))
+            })
+            .map_err(db_err)?;
+        mapped.collect::<Result<_, _>>().map_err(db_err)?
+    };
+    let mut alerts = Vec::with_capacity(rows.len());
+    for (id, version, state) in rows {
+        if let Some((next, alert)) = machine::claim_due(&id, &state, now, policy) {
+            save(tx, &id, &next, Some(version))?;
+            enqueue(tx, &alert)?;
+            alerts.push(alert);
+        }
+    }
+    // Old tombstones go in the same pass; the partial index keeps this cheap.
+    tx.prepare_cached(
+        "DELETE FROM identities WHERE last_seq IS NULL AND deleted_at IS NOT NULL AND deleted_at < ?1",
+    )
+    .and_then(|mut s| s.execute([now.unix_millis() - TOMBSTONE_KEEP_MS]))
+    .map_err(db_err)?;
+    Ok(alerts)
+}
+
+fn queued(
+    tx: &rusqlite::Transaction<'_>,
+    now: Timestamp,
+    limit: usize,
+) -> Result<Vec<QueuedAlert>, StoreError> {
+    // Oldest first, stopping at the first alert still backing off: alerts for one destination go
+    // out in the order they were raised, so a `reconnected` never overtakes its `disconnected`.
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT id, body, attempts, next_attempt_at FROM outbox ORDER BY id LIMIT ?1",
+        )
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([limit as i64], |r| {
+            Ok((
+                QueuedAlert {
+                    id: r.get(0)?,
+                    body: r.get(1)?,
+                    attempts: r.get::<_, i64>(2)? as u32,
+                },
+                r.get::<_, i64>(3)?,
+            ))
+        })
+        .map_err(db_err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (alert, next_at) = row.map_err(db_err)?;
+        if next_at > now.unix_millis() {
+            break;
+        }
+        out.push(alert);
+    }
+    Ok(out)
+}
