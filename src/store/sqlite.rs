@@ -60,6 +60,14 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_identity ON outbox(hub, device, module);
 ";
 
+/// The sweep's only read: outages still pending whose start is at or before `?1` (now − grace),
+/// through the partial index `identities_pending`, so its cost follows what is due, not the fleet.
+pub const CLAIM_DUE_SQL: &str =
+    "SELECT version, last_seq, last_event_at, connected, outage_start, outage_seq,
+            alerted_at, deleted_at, hub, device, module
+     FROM identities WHERE pending_since IS NOT NULL AND pending_since <= ?1
+     ORDER BY pending_since LIMIT ?2";
+
 enum Command {
     Apply {
         events: Vec<ConnectionEvent>,
@@ -549,14 +557,7 @@ fn claim_due(
 ) -> Result<Vec<Alert>, StoreError> {
     let cutoff = policy.due_cutoff(now).unix_millis();
     let rows: Vec<(Identity, i64, IdentityState)> = {
-        let mut stmt = tx
-            .prepare_cached(
-                "SELECT version, last_seq, last_event_at, connected, outage_start, outage_seq,
-                        alerted_at, deleted_at, hub, device, module
-                 FROM identities WHERE pending_since IS NOT NULL AND pending_since <= ?1
-                 ORDER BY pending_since LIMIT ?2",
-            )
-            .map_err(db_err)?;
+        let mut stmt = tx.prepare_cached(CLAIM_DUE_SQL).map_err(db_err)?;
         let mapped = stmt
             .query_map(params![cutoff, limit as i64], |r| {
                 let (version, state) = row_to_state(r)?;

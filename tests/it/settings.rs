@@ -1,0 +1,143 @@
+//! Settings: defaults, every accepted form, and errors that name the setting without leaking secrets.
+
+use connmon::settings::{parse_duration, Mode, Settings, StoreKind};
+use std::collections::HashMap;
+use std::time::Duration;
+
+fn load(pairs: &[(&str, &str)]) -> Result<Settings, connmon::settings::SettingsError> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Settings::from_lookup(|k| map.get(k).cloned())
+}
+
+#[test]
+fn defaults_match_the_design() {
+    let s = load(&[]).unwrap();
+    assert_eq!(s.grace, Duration::from_secs(300));
+    assert_eq!(s.webhook_url, None);
+    assert_eq!(
+        s.store,
+        StoreKind::Sqlite {
+            path: "connmon.db".into()
+        }
+    );
+    assert_eq!(
+        s.mode,
+        Mode::Standalone {
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            sweep_interval: Duration::from_secs(30)
+        }
+    );
+}
+
+#[test]
+fn functions_mode_when_the_host_sets_a_port() {
+    let s = load(&[
+        ("FUNCTIONS_CUSTOMHANDLER_PORT", "40123"),
+        ("CONNMON_LISTEN", "0.0.0.0:1"),
+    ])
+    .unwrap();
+    assert_eq!(s.mode, Mode::Functions { port: 40123 });
+}
+
+#[test]
+fn every_duration_form() {
+    let cases = [
+        ("90s", 90_000),
+        ("5m", 300_000),
+        ("1h30m", 5_400_000),
+        ("1h30m15s", 5_415_000),
+        ("2d", 172_800_000),
+        ("1500ms", 1_500),
+        ("300", 300_000),
+        (" 300 ", 300_000),
+        ("00:05:00", 300_000),
+        ("01:30:00", 5_400_000),
+        ("00:00:30.5", 30_500),
+        ("1.02:00:00", 93_600_000),
+        ("00:05", 300_000),
+        ("0", 0),
+    ];
+    for (s, ms) in cases {
+        assert_eq!(parse_duration(s), Some(Duration::from_millis(ms)), "{s:?}");
+    }
+    for bad in [
+        "",
+        "5 m",
+        "5min",
+        "m5",
+        "-5m",
+        "5m1h",
+        "1h1h",
+        "25:00:00",
+        "00:60:00",
+        "1.5h",
+        "abc",
+        "00:05:00:00",
+    ] {
+        assert_eq!(parse_duration(bad), None, "{bad:?}");
+    }
+}
+
+#[test]
+fn bad_values_name_the_setting_the_value_and_the_accepted_forms() {
+    let cases = [
+        ("CONNMON_GRACE_PERIOD", "five minutes", "90s, 5m, 1h30m"),
+        ("CONNMON_GRACE_PERIOD", "400d", "at most 30 days"),
+        ("CONNMON_STORE", "redis", "`sqlite` or `table`"),
+        ("CONNMON_LISTEN", "localhost", "IP address and port"),
+        ("CONNMON_SWEEP_INTERVAL", "0s", "between 1s and 1h"),
+        ("FUNCTIONS_CUSTOMHANDLER_PORT", "70000", "port number"),
+    ];
+    for (name, value, expected) in cases {
+        let e = load(&[(name, value)]).unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(e.name, name);
+        assert!(
+            msg.contains(name) && msg.contains(value) && msg.contains(expected),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_webhook_url_is_reported_without_its_value() {
+    for bad in [
+        "not a url sig=SECRET123",
+        "ftp://host/x?sig=SECRET123",
+        "https://",
+    ] {
+        let e = load(&[("CONNMON_ALERT_WEBHOOK_URL", bad)]).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("CONNMON_ALERT_WEBHOOK_URL"), "{msg}");
+        assert!(!msg.contains("SECRET123") && !msg.contains("ftp"), "{msg}");
+        assert_eq!(e.value, None);
+    }
+    let ok = load(&[(
+        "CONNMON_ALERT_WEBHOOK_URL",
+        "https://example.invalid/hook?sig=SECRET123",
+    )])
+    .unwrap();
+    assert_eq!(
+        format!("{ok:?}").contains("SECRET123"),
+        false,
+        "Debug never shows the secret"
+    );
+    assert_eq!(
+        ok.webhook_url.unwrap().expose(),
+        "https://example.invalid/hook?sig=SECRET123"
+    );
+}
+
+#[test]
+fn blank_values_count_as_unset() {
+    let s = load(&[
+        ("CONNMON_ALERT_WEBHOOK_URL", ""),
+        ("CONNMON_GRACE_PERIOD", " "),
+        ("CONNMON_STORE", ""),
+    ])
+    .unwrap();
+    assert_eq!(s, load(&[]).unwrap());
+}
