@@ -186,8 +186,10 @@ impl Notifier {
                     report.deferred += ids.len();
                     report.problem = Some(failure.message().to_string());
                     self.note_problem(&failure, wait);
+                    // Back off from when the attempt failed (up to 10 s after `now`).
+                    let failed_at = Timestamp::now().max(now);
                     store
-                        .failed(ids, now.plus_millis(wait.as_millis() as i64))
+                        .failed(ids, failed_at.plus_millis(wait.as_millis() as i64))
                         .await?;
                     break;
                 }

@@ -71,7 +71,7 @@ pub async fn run(
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     every.tick().await;
-                    if let Ok(r) = m.sweep(model::Timestamp::now()).await {
+                    if let Ok(r) = m.sweep().await {
                         if !r.claimed.is_empty() || r.delivery.delivered > 0 {
                             log::info(&r.log_lines(m.policy())[0]);
                         }

@@ -275,6 +275,22 @@ fn apply_delete(state: &IdentityState, at: Timestamp) -> Transition {
     }
 }
 
+/// A module's state as seen through its device's deletion: IoT Hub deletes module identities with
+/// their device (and sends no event for them), so a module event from before the device's deletion
+/// is as stale as one from before the module's own.
+pub fn with_device_deletion(
+    state: &IdentityState,
+    device_deleted_at: Option<Timestamp>,
+) -> IdentityState {
+    match device_deleted_at {
+        Some(d) if state.deleted_at.is_none_or(|own| own < d) => IdentityState {
+            deleted_at: Some(d),
+            ..state.clone()
+        },
+        _ => state.clone(),
+    }
+}
+
 /// At sweep time `now`: if the identity's outage has lasted the grace period and has no alert yet,
 /// claims it — returns the state with the alert recorded and the `disconnected` alert (rule 6).
 pub fn claim_due(

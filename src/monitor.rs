@@ -201,10 +201,11 @@ impl Monitor {
         Ok(report)
     }
 
-    /// One sweep at `now`: claims every due outage, then delivers the outbox.
-    pub async fn sweep(&self, now: Timestamp) -> Result<SweepReport, StoreError> {
+    /// One sweep: claims every outage due now, then delivers the outbox. `now` is read after the
+    /// previous sweep has finished, so a slow sweep never stamps the next one's alerts early.
+    pub async fn sweep(&self) -> Result<SweepReport, StoreError> {
         let _guard = self.sweep_lock.lock().await;
-        let result = self.sweep_locked(now).await;
+        let result = self.sweep_locked(Timestamp::now()).await;
         if let Err(e) = &result {
             Counters::add(&self.counters.store_failures, 1);
             log::error(format_args!("sweep failed, the next one retries: {e}"));

@@ -148,7 +148,7 @@ async fn disconnect_timer(
             }
         }
     }
-    let report = m.sweep(Timestamp::now()).await?;
+    let report = m.sweep().await?;
     Ok(host_response(report.log_lines(m.policy())))
 }
 

@@ -13,7 +13,7 @@
 use super::{Applied, BoxFuture, QueuedAlert, Store, StoreError};
 use crate::alerts::AlertBody;
 use crate::machine::{self, Alert, IdentityState, Outage, Policy};
-use crate::model::{ConnectionEvent, Identity, SequenceNumber, Timestamp};
+use crate::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 use tokio::sync::{mpsc, oneshot};
@@ -519,34 +519,88 @@ fn apply_events(
 ) -> Result<Vec<Applied>, StoreError> {
     let mut out = Vec::with_capacity(events.len());
     for ev in events {
-        let row = load(tx, &ev.identity)?;
-        let t = machine::apply(&row.state, ev, received_at, policy);
-        if t.outcome.changes_state() {
-            save(tx, &ev.identity, &t.state, row.version)?;
-        }
-        if let Some(alert) = &t.alert {
-            enqueue(tx, alert)?;
-        }
-        if t.cancel_queued_alerts {
-            tx.prepare_cached(
-                "DELETE FROM outbox WHERE hub = ?1 AND device = ?2 AND module = ?3
-                   AND kind = 'disconnected'",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    ev.identity.hub(),
-                    ev.identity.device(),
-                    module_key(&ev.identity)
-                ])
-            })
-            .map_err(db_err)?;
-        }
-        out.push(Applied {
-            outcome: t.outcome,
-            alert: t.alert,
-        });
+        let applied = if ev.kind == EventKind::Deleted {
+            // IoT Hub deletes a device's module identities with it and sends no event for them.
+            let mut first = None;
+            for id in std::iter::once(ev.identity.clone()).chain(modules_of(tx, &ev.identity)?) {
+                let one = ConnectionEvent {
+                    identity: id,
+                    ..ev.clone()
+                };
+                let a = apply_one(tx, policy, &one, received_at, None)?;
+                first.get_or_insert(a);
+            }
+            first.expect("the device itself is always applied")
+        } else {
+            let device_deleted_at = match ev.identity.module() {
+                Some(_) => {
+                    let device = Identity::new(ev.identity.hub(), ev.identity.device(), None);
+                    load(tx, &device)?.state.deleted_at
+                }
+                None => None,
+            };
+            apply_one(tx, policy, ev, received_at, device_deleted_at)?
+        };
+        out.push(applied);
     }
     Ok(out)
+}
+
+/// Module identities known for the device `id` names (its hub and device id).
+fn modules_of(tx: &rusqlite::Transaction<'_>, id: &Identity) -> Result<Vec<Identity>, StoreError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT module FROM identities WHERE hub = ?1 AND device = ?2 AND module <> ''",
+        )
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map(params![id.hub(), id.device()], |r| r.get::<_, String>(0))
+        .map_err(db_err)?;
+    rows.map(|m| {
+        m.map(|m| Identity::new(id.hub(), id.device(), Some(&m)))
+            .map_err(db_err)
+    })
+    .collect()
+}
+
+fn apply_one(
+    tx: &rusqlite::Transaction<'_>,
+    policy: &Policy,
+    ev: &ConnectionEvent,
+    received_at: Timestamp,
+    device_deleted_at: Option<Timestamp>,
+) -> Result<Applied, StoreError> {
+    let row = load(tx, &ev.identity)?;
+    let state = machine::with_device_deletion(&row.state, device_deleted_at);
+    let t = machine::apply(&state, ev, received_at, policy);
+    if t.outcome.changes_state() {
+        save(tx, &ev.identity, &t.state, row.version)?;
+    }
+    if let Some(alert) = &t.alert {
+        enqueue(tx, alert)?;
+    }
+    if t.cancel_queued_alerts {
+        // Withdraw the undelivered `disconnected` alert and any `reconnected` paired with it; a
+        // `reconnected` whose `disconnected` already went out is still delivered.
+        // (`UNIQUE (dedup_key, kind)` indexes `dedup_key`.)
+        tx.prepare_cached(
+            "DELETE FROM outbox WHERE dedup_key IN (
+                 SELECT dedup_key FROM outbox
+                 WHERE hub = ?1 AND device = ?2 AND module = ?3 AND kind = 'disconnected')",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                ev.identity.hub(),
+                ev.identity.device(),
+                module_key(&ev.identity)
+            ])
+        })
+        .map_err(db_err)?;
+    }
+    Ok(Applied {
+        outcome: t.outcome,
+        alert: t.alert,
+    })
 }
 
 fn claim_due(
