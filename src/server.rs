@@ -14,7 +14,7 @@
 
 use crate::decode::{self, EnvelopeError};
 use crate::model::Timestamp;
-use crate::monitor::Monitor;
+use crate::monitor::{IngestReport, Monitor};
 use crate::store::StoreError;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -109,16 +109,25 @@ async fn not_found() -> Response {
         .into_response()
 }
 
+/// Reads, parses and decodes a delivery with `decode`, then applies it; stamps receipt time first.
+async fn ingest(
+    m: &Monitor,
+    headers: &HeaderMap,
+    body: Body,
+    decode: fn(&Value) -> Result<Vec<decode::Decoded>, EnvelopeError>,
+) -> Result<IngestReport, ApiError> {
+    let received_at = Timestamp::now();
+    let bytes = read_body(headers, body).await?;
+    let items = decode(&decode::parse_json(&bytes)?)?;
+    Ok(m.ingest(items, received_at).await?)
+}
+
 async fn connection_event(
     State(m): State<Arc<Monitor>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let received_at = Timestamp::now();
-    let bytes = read_body(&headers, body).await?;
-    let value = decode::parse_json(&bytes)?;
-    let items = decode::decode_host_invocation(&value)?;
-    let report = m.ingest(items, received_at).await?;
+    let report = ingest(&m, &headers, body, decode::decode_host_invocation).await?;
     let mut logs = vec![report.summary()];
     logs.extend(report.rejected.iter().map(|r| format!("rejected: {r}")));
     logs.extend(
@@ -157,11 +166,7 @@ async fn webhook_events(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let received_at = Timestamp::now();
-    let bytes = read_body(&headers, body).await?;
-    let value = decode::parse_json(&bytes)?;
-    let items = decode::decode_delivery(&value)?;
-    let report = m.ingest(items, received_at).await?;
+    let report = ingest(&m, &headers, body, decode::decode_delivery).await?;
     if let Some(code) = report.validation_codes.first() {
         crate::log::info("answered an Event Grid subscription validation handshake");
         return Ok(Json(json!({ "validationResponse": code })).into_response());
