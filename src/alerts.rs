@@ -168,7 +168,7 @@ impl Notifier {
             if batch.is_empty() {
                 break;
             }
-            let ids: Vec<i64> = batch.iter().map(|q| q.id).collect();
+            let ids: Vec<String> = batch.iter().map(|q| q.id.clone()).collect();
             let Some(hook) = &self.webhook else {
                 report.delivered += ids.len();
                 store.delivered(ids).await?;

@@ -32,10 +32,11 @@ use monitor::Monitor;
 use settings::{Mode, Settings, StoreKind};
 use std::future::Future;
 use std::sync::Arc;
+use store::table::{client::TableClient, TableStore};
 use store::{sqlite::SqliteStore, Store};
 
-/// Opens the store the settings name.
-pub fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, String> {
+/// Opens the store the settings name (creating the SQLite file or the table if missing).
+pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, String> {
     let policy = Policy {
         grace: settings.grace,
     };
@@ -43,10 +44,13 @@ pub fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, String> {
         StoreKind::Sqlite { path } => SqliteStore::open(path, policy)
             .map(|s| Arc::new(s) as Arc<dyn Store>)
             .map_err(|e| e.to_string()),
-        StoreKind::Table => Err(
-            "CONNMON_STORE=table (Azure Table Storage) is not available in this version; use sqlite"
-                .into(),
-        ),
+        StoreKind::Table { endpoint, table } => {
+            let client = TableClient::new(endpoint.clone(), table).map_err(|e| e.to_string())?;
+            TableStore::open(client, policy)
+                .await
+                .map(|s| Arc::new(s) as Arc<dyn Store>)
+                .map_err(|e| e.to_string())
+        }
     }
 }
 

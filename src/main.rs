@@ -31,7 +31,7 @@ async fn serve(settings: Settings) -> ExitCode {
         Mode::Functions { port } => SocketAddr::from(([127, 0, 0, 1], port)),
         Mode::Standalone { listen, .. } => listen,
     };
-    let store = match connmon::open_store(&settings) {
+    let store = match connmon::open_store(&settings).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("connmon: {e}");

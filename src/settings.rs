@@ -2,6 +2,7 @@
 //! stages — raw strings, then a validated [`Settings`]. Every error names the setting, the value
 //! (unless it is a secret) and the accepted forms; `main` prints it and exits with code 2.
 
+use crate::store::table::conn::TableEndpoint;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,8 +26,11 @@ pub enum StoreKind {
     Sqlite {
         path: PathBuf,
     },
-    /// Azure Table Storage (scale-out); not in this build yet.
-    Table,
+    /// Azure Table Storage (scale-out): where, and which table.
+    Table {
+        endpoint: TableEndpoint,
+        table: String,
+    },
 }
 
 /// A value that must never be printed: `Debug` and `Display` show a placeholder.
@@ -131,7 +135,20 @@ impl Settings {
                     get("CONNMON_SQLITE_PATH").unwrap_or_else(|| "connmon.db".into()),
                 ),
             },
-            Some("table") => StoreKind::Table,
+            Some("table") => StoreKind::Table {
+                endpoint: TableEndpoint::from_lookup(get)?,
+                table: match get("CONNMON_TABLE_NAME") {
+                    None => "connmon".to_string(),
+                    Some(v) if valid_table_name(v.trim()) => v.trim().to_string(),
+                    Some(v) => {
+                        return Err(bad(
+                            "CONNMON_TABLE_NAME",
+                            &v,
+                            "expected a Table Storage table name: 3-63 letters and digits, starting with a letter",
+                        ))
+                    }
+                },
+            },
             Some(v) => return Err(bad("CONNMON_STORE", v, "expected `sqlite` or `table`")),
         };
 
@@ -183,6 +200,14 @@ impl Settings {
             store,
         })
     }
+}
+
+/// Table Storage's rule for table names (`Tables` is reserved).
+fn valid_table_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric())
+        && !name.eq_ignore_ascii_case("tables")
 }
 
 /// Checks that a webhook URL is an absolute http(s) URL, without ever quoting it back.

@@ -9,6 +9,7 @@
 //! - a sweep reads only what is due (an index on the outage start), never every identity.
 
 pub mod sqlite;
+pub mod table;
 
 use crate::machine::{Alert, Outcome};
 use crate::model::{ConnectionEvent, Timestamp};
@@ -29,7 +30,9 @@ pub struct Applied {
 /// An alert waiting in the outbox for delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedAlert {
-    pub id: i64,
+    /// The store's own handle for this queued alert (opaque to callers): an outbox row id for
+    /// SQLite; partition, row key and lease ETag for Table Storage.
+    pub id: String,
     /// The alert's wire body (one element of the webhook's `alerts` array), stored as JSON text.
     pub body: String,
     pub attempts: u32,
@@ -64,8 +67,9 @@ pub trait Store: Send + Sync {
         received_at: Timestamp,
     ) -> BoxFuture<'_, Result<Vec<Applied>, StoreError>>;
 
-    /// Claims up to `limit` outages due at `now` (start + grace <= now, no alert yet): records the
-    /// alert on each identity and queues it, atomically. Returns the claimed alerts.
+    /// Claims outages due at `now` (start + grace <= now, no alert yet): records the alert on each
+    /// identity and queues it, atomically. Returns the claimed alerts: about `limit` of them (a
+    /// sharded store may return a few times more); fewer than `limit` means none is left due.
     fn claim_due(
         &self,
         now: Timestamp,
@@ -73,7 +77,8 @@ pub trait Store: Send + Sync {
     ) -> BoxFuture<'_, Result<Vec<Alert>, StoreError>>;
 
     /// Up to `limit` queued alerts, oldest first, ending before the first one whose next attempt is
-    /// after `now` (delivery keeps the order alerts were raised in).
+    /// after `now` (delivery keeps the order alerts were raised in). A store shared by several
+    /// instances leases what it returns, so two instances do not deliver the same alert at once.
     fn queued(
         &self,
         now: Timestamp,
@@ -81,12 +86,12 @@ pub trait Store: Send + Sync {
     ) -> BoxFuture<'_, Result<Vec<QueuedAlert>, StoreError>>;
 
     /// Removes delivered alerts from the outbox.
-    fn delivered(&self, ids: Vec<i64>) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn delivered(&self, ids: Vec<String>) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Records a failed attempt: the alerts are tried again at `next_attempt_at`.
     fn failed(
         &self,
-        ids: Vec<i64>,
+        ids: Vec<String>,
         next_attempt_at: Timestamp,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
 

@@ -85,11 +85,11 @@ enum Command {
         reply: oneshot::Sender<Result<Vec<QueuedAlert>, StoreError>>,
     },
     Delivered {
-        ids: Vec<i64>,
+        ids: Vec<String>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     Failed {
-        ids: Vec<i64>,
+        ids: Vec<String>,
         next_attempt_at: Timestamp,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
@@ -179,13 +179,13 @@ impl Store for SqliteStore {
         Box::pin(self.call(move |reply| Command::Queued { now, limit, reply }))
     }
 
-    fn delivered(&self, ids: Vec<i64>) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn delivered(&self, ids: Vec<String>) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(self.call(move |reply| Command::Delivered { ids, reply }))
     }
 
     fn failed(
         &self,
-        ids: Vec<i64>,
+        ids: Vec<String>,
         next_attempt_at: Timestamp,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(self.call(move |reply| Command::Failed {
@@ -328,7 +328,7 @@ fn exec(tx: &rusqlite::Transaction<'_>, policy: &Policy, cmd: Command) -> ExecRe
             Err(e) => Err((Pending::Queued(reply, Vec::new()), e)),
         },
         Command::Delivered { ids, reply } => {
-            let r = ids.iter().try_for_each(|id| {
+            let r = row_ids(&ids).try_for_each(|id| {
                 tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")
                     .and_then(|mut s| s.execute([id]))
                     .map(drop)
@@ -341,7 +341,7 @@ fn exec(tx: &rusqlite::Transaction<'_>, policy: &Policy, cmd: Command) -> ExecRe
             next_attempt_at,
             reply,
         } => {
-            let r = ids.iter().try_for_each(|id| {
+            let r = row_ids(&ids).try_for_each(|id| {
                 tx.prepare_cached(
                     "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2 WHERE id = ?1",
                 )
@@ -358,6 +358,11 @@ fn exec(tx: &rusqlite::Transaction<'_>, policy: &Policy, cmd: Command) -> ExecRe
             }
         }
     }
+}
+
+/// Outbox row ids from the opaque handles `queued` gave out; anything else names no row.
+fn row_ids(ids: &[String]) -> impl Iterator<Item = i64> + '_ {
+    ids.iter().filter_map(|id| id.parse::<i64>().ok())
 }
 
 fn unit(reply: oneshot::Sender<Result<(), StoreError>>, r: Result<(), StoreError>) -> ExecResult {
@@ -659,7 +664,7 @@ fn queued(
         .query_map([limit as i64], |r| {
             Ok((
                 QueuedAlert {
-                    id: r.get(0)?,
+                    id: r.get::<_, i64>(0)?.to_string(),
                     body: r.get(1)?,
                     attempts: r.get::<_, i64>(2)? as u32,
                 },

@@ -150,6 +150,8 @@ fn local_settings_example_lists_every_setting_with_its_default() {
         "CONNMON_ALERT_WEBHOOK_URL",
         "CONNMON_STORE",
         "CONNMON_SQLITE_PATH",
+        "CONNMON_TABLE_CONNECTION",
+        "CONNMON_TABLE_NAME",
         "CONNMON_LISTEN",
         "CONNMON_SWEEP_INTERVAL",
     ] {

@@ -3,13 +3,16 @@
 
 mod support;
 
+mod conformance;
 mod core;
 mod decode;
 mod layout;
 mod settings;
 mod store;
+mod table_client;
 
 mod alert_webhook;
 mod host;
+mod multi_instance;
 mod restart;
 mod standalone;

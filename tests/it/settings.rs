@@ -140,3 +140,67 @@ fn blank_values_count_as_unset() {
     .unwrap();
     assert_eq!(s, load(&[]).unwrap());
 }
+
+#[test]
+fn table_store_settings_come_from_its_own_connection_or_azure_web_jobs_storage() {
+    let dev = load(&[
+        ("CONNMON_STORE", "table"),
+        ("AzureWebJobsStorage", "UseDevelopmentStorage=true"),
+    ])
+    .unwrap();
+    match dev.store {
+        StoreKind::Table { endpoint, table } => {
+            assert_eq!(table, "connmon");
+            assert!(
+                endpoint
+                    .base_url
+                    .starts_with("http://127.0.0.1:10002/devstoreaccount1"),
+                "{}",
+                endpoint.base_url
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let own = load(&[
+        ("CONNMON_STORE", "table"),
+        ("CONNMON_TABLE_NAME", "alerts2"),
+        ("CONNMON_TABLE_CONNECTION", "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0;EndpointSuffix=core.windows.net"),
+        ("AzureWebJobsStorage", "UseDevelopmentStorage=true"),
+    ])
+    .unwrap();
+    match own.store {
+        StoreKind::Table { endpoint, table } => {
+            assert_eq!(table, "alerts2");
+            assert_eq!(
+                endpoint.base_url.trim_end_matches('/'),
+                "https://acct.table.core.windows.net"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn table_store_errors_name_the_setting() {
+    let e = load(&[("CONNMON_STORE", "table")]).unwrap_err();
+    assert!(e.to_string().contains("AzureWebJobsStorage"), "{e}");
+    for bad in ["ab", "1abc", "has-dash", "Tables"] {
+        let e = load(&[
+            ("CONNMON_STORE", "table"),
+            ("AzureWebJobsStorage", "UseDevelopmentStorage=true"),
+            ("CONNMON_TABLE_NAME", bad),
+        ])
+        .unwrap_err();
+        assert_eq!(e.name, "CONNMON_TABLE_NAME", "{bad}: {e}");
+    }
+    let e = load(&[
+        ("CONNMON_STORE", "table"),
+        (
+            "CONNMON_TABLE_CONNECTION",
+            "AccountName=a;AccountKey=%%%notbase64",
+        ),
+    ])
+    .unwrap_err();
+    assert_eq!(e.name, "CONNMON_TABLE_CONNECTION");
+    assert!(!e.to_string().contains("notbase64"), "{e}");
+}

@@ -74,6 +74,14 @@ const SETTINGS: &[&str] = &[
     "CONNMON_SQLITE_PATH",
     "CONNMON_LISTEN",
     "CONNMON_SWEEP_INTERVAL",
+    "CONNMON_TABLE_CONNECTION",
+    "CONNMON_TABLE_NAME",
+    "AzureWebJobsStorage",
+    "AzureWebJobsStorage__accountName",
+    "AzureWebJobsStorage__tableServiceUri",
+    "AzureWebJobsStorage__clientId",
+    "IDENTITY_ENDPOINT",
+    "IDENTITY_HEADER",
 ];
 
 /// One `connmon` process in its own temporary directory (its cwd, its SQLite file, its logs).

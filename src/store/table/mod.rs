@@ -1,0 +1,718 @@
+//! Azure Table Storage: the scale-out store, shared by every instance of a Function App.
+//!
+//! # Layout of the one table
+//! Every entity lives in one of [`SHARDS`] partitions, `PartitionKey = "s00"…"s1f"`, chosen by a
+//! stable hash of (hub, device) — so a device and its modules share a partition and one
+//! entity-group transaction can change them together. Inside a partition, row keys are typed by a
+//! prefix:
+//!
+//! | row key | entity | present while |
+//! |---|---|---|
+//! | `i\|{hub}\|{device}\|{module}` | the identity's state (`IdentityState`) | the identity is known |
+//! | `d\|{outage start, 15 digits}\|{hub}\|{device}\|{module}` | the sweep index | an outage waits for its grace |
+//! | `o\|{raised at, 15 digits}\|{dedupKey}\|{kind}` | a queued alert (the outbox) | until delivered |
+//!
+//! Ids are escaped with [`key_part`] (`%XX` for `%`, `'`, `|`, `/`, `\`, `#`, `?`, control and
+//! non-ASCII characters), so every IoT Hub id is a valid key and prefixes never collide.
+//!
+//! # Promises (those of `store/mod.rs`)
+//! - Durable: a call returns after Table Storage acknowledged every write.
+//! - Conditional: the identity entity is replaced only at the ETag it was read at (or inserted only
+//!   if absent), in the same entity-group transaction as its index and outbox changes. A 412/409
+//!   means another instance got there first: re-read and re-apply.
+//! - Exactly-once claims: claiming an alert replaces the identity (ETag), deletes its index entity and
+//!   inserts the outbox entity atomically; of several instances sweeping at once one wins.
+//! - Sweep cost follows what is due: one range query per partition over `d|…` up to `now − grace`.
+
+pub mod auth;
+pub mod client;
+pub mod conn;
+
+use super::{Applied, BoxFuture, QueuedAlert, Store, StoreError};
+use crate::alerts::AlertBody;
+use crate::machine::{self, Alert, IdentityState, Outage, Policy};
+use crate::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
+use client::{odata_string, BatchOp, Entity, TableClient, TableError};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::task::JoinSet;
+
+/// Number of partitions. Part of the data layout: changing it needs a migration.
+pub const SHARDS: u32 = 32;
+/// Attempts at one conditional update before giving up (each after re-reading).
+const MAX_CONFLICT_RETRIES: usize = 16;
+/// How long an instance owns the alerts it is delivering; another instance may take them after.
+const LEASE_MS: i64 = 60_000;
+/// Identities applied in parallel within one delivery (different identities never conflict).
+const PARALLEL_IDENTITIES: usize = 32;
+
+/// The Table Storage store. Cheap to clone.
+#[derive(Clone)]
+pub struct TableStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: TableClient,
+    policy: Policy,
+}
+
+fn table_err(e: TableError) -> StoreError {
+    StoreError::Unavailable(format!("Azure Table Storage: {e}"))
+}
+
+impl TableStore {
+    /// Creates the table if it is missing and returns the store.
+    pub async fn open(client: TableClient, policy: Policy) -> Result<TableStore, StoreError> {
+        client.create_table_if_missing().await.map_err(table_err)?;
+        Ok(TableStore {
+            inner: Arc::new(Inner { client, policy }),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys
+
+/// Escapes one id for use inside a key: keeps the characters IoT Hub ids are made of (except `%`
+/// and `'`) and `%XX`-escapes everything else, including the separator `|` and the characters
+/// Table Storage forbids in keys (`/ \ # ?`, control characters). `'` is escaped too: Azurite
+/// misparses a batch whose row key contains `',` (the service does not), and it costs nothing.
+pub fn key_part(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        let keep = b.is_ascii_alphanumeric() || b"-:.+_*!(),=@;$".contains(&b);
+        if keep {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The partition of a device (and of all its modules).
+pub fn shard_of(hub: &str, device: &str) -> String {
+    // FNV-1a: stable across versions and platforms, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in hub.bytes().chain([0u8]).chain(device.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    shard_name((h % u64::from(SHARDS)) as u32)
+}
+
+fn shard_name(n: u32) -> String {
+    format!("s{n:02x}")
+}
+
+/// `{hub}|{device}|{module}` escaped: the identity's name inside index keys.
+fn identity_suffix(id: &Identity) -> String {
+    format!(
+        "{}|{}|{}",
+        key_part(id.hub()),
+        key_part(id.device()),
+        key_part(id.module().unwrap_or(""))
+    )
+}
+
+fn identity_key(id: &Identity) -> String {
+    format!("i|{}", identity_suffix(id))
+}
+
+fn due_key(start: Timestamp, id: &Identity) -> String {
+    format!(
+        "d|{:015}|{}",
+        start.unix_millis().max(0),
+        identity_suffix(id)
+    )
+}
+
+fn outbox_key(alert: &Alert) -> String {
+    format!(
+        "o|{:015}|{}|{}",
+        alert.detected_at.unix_millis().max(0),
+        alert.dedup_key,
+        alert.kind.as_str()
+    )
+}
+
+/// Row-key range `[from, to)` as an OData filter inside one partition.
+fn range_filter(pk: &str, from: &str, to: &str) -> String {
+    format!(
+        "PartitionKey eq {} and RowKey ge {} and RowKey lt {}",
+        odata_string(pk),
+        odata_string(from),
+        odata_string(to)
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entities ↔ state
+
+fn seq_hex(s: Option<SequenceNumber>) -> Option<String> {
+    s.map(|s| s.to_hex())
+}
+
+fn identity_entity(pk: &str, id: &Identity, st: &IdentityState) -> Entity {
+    let mut e = Entity::new(pk, &identity_key(id));
+    e.set_str("hub", id.hub());
+    e.set_str("device", id.device());
+    e.set_str("module", id.module().unwrap_or(""));
+    if let Some(s) = seq_hex(st.last_seq) {
+        e.set_str("lastSeq", &s);
+    }
+    if let Some(t) = st.last_event_at {
+        e.set_i64("lastEventAt", t.unix_millis());
+    }
+    if let Some(c) = st.connected {
+        e.set_bool("connected", c);
+    }
+    if let Some(o) = st.outage {
+        e.set_i64("outageStart", o.started_at.unix_millis());
+        e.set_str("outageSeq", &o.seq.to_hex());
+        if let Some(a) = o.alerted_at {
+            e.set_i64("alertedAt", a.unix_millis());
+        }
+    }
+    if let Some(d) = st.deleted_at {
+        e.set_i64("deletedAt", d.unix_millis());
+    }
+    e
+}
+
+fn state_of(e: &Entity) -> IdentityState {
+    let ts = |k: &str| e.get_i64(k).map(Timestamp::from_unix_millis);
+    let seq = |k: &str| e.get_str(k).and_then(|s| SequenceNumber::parse(s).ok());
+    let outage = match (ts("outageStart"), seq("outageSeq")) {
+        (Some(started_at), Some(seq)) => Some(Outage {
+            started_at,
+            seq,
+            alerted_at: ts("alertedAt"),
+        }),
+        _ => None,
+    };
+    IdentityState {
+        last_seq: seq("lastSeq"),
+        last_event_at: ts("lastEventAt"),
+        connected: e.get_bool("connected"),
+        outage,
+        deleted_at: ts("deletedAt"),
+    }
+}
+
+fn outbox_entity(pk: &str, alert: &Alert) -> Result<Entity, StoreError> {
+    let body = serde_json::to_string(&AlertBody::from(alert))
+        .map_err(|e| StoreError::Unavailable(format!("cannot encode alert: {e}")))?;
+    let mut e = Entity::new(pk, &outbox_key(alert));
+    e.set_str("identity", &identity_key(&alert.identity));
+    e.set_str("kind", alert.kind.as_str());
+    e.set_str("dedupKey", &alert.dedup_key);
+    e.set_str("body", &body);
+    e.set_i64("attempts", 0);
+    e.set_i64("nextAttemptAt", alert.detected_at.unix_millis());
+    e.set_i64("leaseUntil", 0);
+    Ok(e)
+}
+
+/// The opaque handle `queued` gives out: partition, row key and the lease's ETag.
+fn handle(e: &Entity) -> String {
+    format!(
+        "{}\u{1f}{}\u{1f}{}",
+        e.partition_key,
+        e.row_key,
+        e.etag.as_deref().unwrap_or("*")
+    )
+}
+
+fn parse_handle(h: &str) -> Option<(&str, &str, &str)> {
+    let mut it = h.splitn(3, '\u{1f}');
+    Some((it.next()?, it.next()?, it.next()?))
+}
+
+/// A 412 or 409 from a conditional write: someone else changed the row; re-read and retry.
+fn is_contention(e: &TableError) -> bool {
+    match e {
+        TableError::PreconditionFailed | TableError::Conflict => true,
+        // Inside a batch a missing entity also means a concurrent change: the index entity a batch
+        // deletes exists exactly while the identity it was read with is current. (Azurite, like
+        // the service, may report that op rather than the identity's 412.)
+        TableError::BatchFailed { source, .. } => {
+            is_contention(source) || matches!(**source, TableError::NotFound)
+        }
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations
+
+impl Inner {
+    async fn load(
+        &self,
+        pk: &str,
+        id: &Identity,
+    ) -> Result<(IdentityState, Option<String>), StoreError> {
+        match self
+            .client
+            .get(pk, &identity_key(id))
+            .await
+            .map_err(table_err)?
+        {
+            Some(e) => Ok((state_of(&e), e.etag.clone())),
+            None => Ok((IdentityState::default(), None)),
+        }
+    }
+
+    /// Queued alerts of `id` to withdraw on deletion: its undelivered `disconnected` alerts and the
+    /// `reconnected` alerts paired with them.
+    async fn withdrawable(&self, pk: &str, id: &Identity) -> Result<Vec<Entity>, StoreError> {
+        let filter = format!(
+            "{} and identity eq {}",
+            range_filter(pk, "o|", "o}"),
+            odata_string(&identity_key(id))
+        );
+        let queued = self
+            .client
+            .query(&filter, Some(&["kind", "dedupKey"]), None)
+            .await
+            .map_err(table_err)?;
+        let withdrawn: Vec<String> = queued
+            .iter()
+            .filter(|e| e.get_str("kind") == Some("disconnected"))
+            .filter_map(|e| e.get_str("dedupKey").map(str::to_string))
+            .collect();
+        Ok(queued
+            .into_iter()
+            .filter(|e| {
+                e.get_str("dedupKey")
+                    .is_some_and(|k| withdrawn.iter().any(|w| w == k))
+            })
+            .collect())
+    }
+
+    /// Applies one event to one identity with optimistic concurrency: read, decide, write
+    /// conditionally; on contention start over.
+    async fn apply_one(
+        &self,
+        ev: &ConnectionEvent,
+        received_at: Timestamp,
+    ) -> Result<Applied, StoreError> {
+        let id = &ev.identity;
+        let pk = shard_of(id.hub(), id.device());
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let (stored, etag) = self.load(&pk, id).await?;
+            let device_deleted_at = match (id.module(), ev.kind) {
+                (Some(_), EventKind::Connected(_) | EventKind::Disconnected(_)) => {
+                    let device = Identity::new(id.hub(), id.device(), None);
+                    self.load(&pk, &device).await?.0.deleted_at
+                }
+                _ => None,
+            };
+            let state = machine::with_device_deletion(&stored, device_deleted_at);
+            let t = machine::apply(&state, ev, received_at, &self.policy);
+            if !t.outcome.changes_state() && t.alert.is_none() {
+                return Ok(Applied {
+                    outcome: t.outcome,
+                    alert: None,
+                });
+            }
+            let mut ops = Vec::with_capacity(4);
+            let entity = identity_entity(&pk, id, &t.state);
+            ops.push(match &etag {
+                Some(tag) => BatchOp::Replace {
+                    entity,
+                    etag: tag.clone(),
+                },
+                None => BatchOp::Insert(entity),
+            });
+            let (old_due, new_due) = (stored.pending_since(), t.state.pending_since());
+            if old_due != new_due {
+                if let Some(start) = old_due {
+                    ops.push(BatchOp::Delete {
+                        row_key: due_key(start, id),
+                        etag: "*".into(),
+                    });
+                }
+                if let Some(start) = new_due {
+                    ops.push(BatchOp::Upsert(Entity::new(&pk, &due_key(start, id))));
+                }
+            }
+            if let Some(alert) = &t.alert {
+                ops.push(BatchOp::Insert(outbox_entity(&pk, alert)?));
+            }
+            if t.cancel_queued_alerts {
+                for q in self.withdrawable(&pk, id).await? {
+                    ops.push(BatchOp::Delete {
+                        row_key: q.row_key.clone(),
+                        etag: "*".into(),
+                    });
+                }
+            }
+            match self.client.batch(&pk, ops).await {
+                Ok(_) => {
+                    return Ok(Applied {
+                        outcome: t.outcome,
+                        alert: t.alert,
+                    })
+                }
+                Err(e) if is_contention(&e) => continue,
+                Err(e) => return Err(table_err(e)),
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "identity {id} kept changing during {MAX_CONFLICT_RETRIES} attempts"
+        )))
+    }
+
+    /// A `DeviceDeleted` applies to the device and to every module of it (same partition).
+    async fn apply_delete(
+        &self,
+        ev: &ConnectionEvent,
+        received_at: Timestamp,
+    ) -> Result<Applied, StoreError> {
+        let id = &ev.identity;
+        let pk = shard_of(id.hub(), id.device());
+        let prefix = format!("i|{}|{}|", key_part(id.hub()), key_part(id.device()));
+        let mut upper = prefix.clone();
+        upper.pop();
+        upper.push('}');
+        let rows = self
+            .client
+            .query(
+                &range_filter(&pk, &prefix, &upper),
+                Some(&["hub", "device", "module"]),
+                None,
+            )
+            .await
+            .map_err(table_err)?;
+        let device = self.apply_one(ev, received_at).await?;
+        for row in rows {
+            let module = row.get_str("module").unwrap_or("");
+            if module.is_empty() {
+                continue;
+            }
+            let one = ConnectionEvent {
+                identity: Identity::new(id.hub(), id.device(), Some(module)),
+                ..ev.clone()
+            };
+            self.apply_one(&one, received_at).await?;
+        }
+        Ok(device)
+    }
+
+    async fn apply_events(
+        self: &Arc<Self>,
+        events: Vec<ConnectionEvent>,
+        received_at: Timestamp,
+    ) -> Result<Vec<Applied>, StoreError> {
+        // Events of one identity are applied in the order given; identities in parallel.
+        let n = events.len();
+        let mut groups: BTreeMap<Identity, Vec<(usize, ConnectionEvent)>> = BTreeMap::new();
+        for (i, ev) in events.into_iter().enumerate() {
+            let key = Identity::new(ev.identity.hub(), ev.identity.device(), None);
+            groups.entry(key).or_default().push((i, ev));
+        }
+        let mut results: Vec<Option<Applied>> = vec![None; n];
+        let mut tasks = JoinSet::new();
+        let mut groups = groups.into_values();
+        loop {
+            while tasks.len() < PARALLEL_IDENTITIES {
+                let Some(group) = groups.next() else { break };
+                let me = self.clone();
+                tasks.spawn(async move {
+                    let mut out = Vec::with_capacity(group.len());
+                    for (i, ev) in group {
+                        let a = if ev.kind == EventKind::Deleted {
+                            me.apply_delete(&ev, received_at).await?
+                        } else {
+                            me.apply_one(&ev, received_at).await?
+                        };
+                        out.push((i, a));
+                    }
+                    Ok::<_, StoreError>(out)
+                });
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
+            let done = joined
+                .map_err(|e| StoreError::Unavailable(format!("apply task failed: {e}")))??;
+            for (i, a) in done {
+                results[i] = Some(a);
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|a| a.expect("every event applied"))
+            .collect())
+    }
+
+    /// Claims what is due in one partition, at most `limit`.
+    async fn claim_shard(
+        &self,
+        pk: String,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Alert>, StoreError> {
+        let cutoff = self.policy.due_cutoff(now).unix_millis().max(-1) + 1;
+        let due = self
+            .client
+            .query(
+                &range_filter(&pk, "d|", &format!("d|{cutoff:015}")),
+                Some(&["RowKey"]),
+                Some(limit),
+            )
+            .await
+            .map_err(table_err)?;
+        let mut alerts = Vec::new();
+        for d in due {
+            // The identity's row key is the index key's suffix after `d|{start}|`.
+            let Some(suffix) = d.row_key.splitn(3, '|').nth(2) else {
+                continue;
+            };
+            let id_key = format!("i|{suffix}");
+            if let Some(a) = self.claim_one(&pk, &id_key, &d.row_key, now).await? {
+                alerts.push(a);
+            }
+        }
+        Ok(alerts)
+    }
+
+    async fn claim_one(
+        &self,
+        pk: &str,
+        id_key: &str,
+        due_row: &str,
+        now: Timestamp,
+    ) -> Result<Option<Alert>, StoreError> {
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let Some(e) = self.client.get(pk, id_key).await.map_err(table_err)? else {
+                return Ok(None);
+            };
+            let id = Identity::new(
+                e.get_str("hub").unwrap_or(""),
+                e.get_str("device").unwrap_or(""),
+                e.get_str("module"),
+            );
+            let state = state_of(&e);
+            let Some((next, alert)) = machine::claim_due(&id, &state, now, &self.policy) else {
+                // Another instance claimed it, or the outage moved: the index entity (if it is
+                // still there) is stale only if it no longer matches the state.
+                if state.pending_since().map(|s| due_key(s, &id)).as_deref() != Some(due_row) {
+                    let _ = self.client.delete(pk, due_row, "*").await;
+                }
+                return Ok(None);
+            };
+            let ops = vec![
+                BatchOp::Replace {
+                    entity: identity_entity(pk, &id, &next),
+                    etag: e.etag.clone().unwrap_or_else(|| "*".into()),
+                },
+                BatchOp::Delete {
+                    row_key: due_row.to_string(),
+                    etag: "*".into(),
+                },
+                BatchOp::Insert(outbox_entity(pk, &alert)?),
+            ];
+            match self.client.batch(pk, ops).await {
+                Ok(_) => return Ok(Some(alert)),
+                Err(e) if is_contention(&e) => continue,
+                Err(e) => return Err(table_err(e)),
+            }
+        }
+        Ok(None)
+    }
+
+    async fn outbox(&self, pk: String) -> Result<Vec<Entity>, StoreError> {
+        self.client
+            .query(&range_filter(&pk, "o|", "o}"), None, None)
+            .await
+            .map_err(table_err)
+    }
+
+    /// Leases up to `limit` due alerts, oldest first across partitions.
+    async fn lease(
+        self: &Arc<Self>,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<QueuedAlert>, StoreError> {
+        let mut all = per_shard(self, |me, pk| async move { me.outbox(pk).await }).await?;
+        // Oldest first: the row key starts with the time the alert was raised.
+        all.sort_by(|a, b| a.row_key[2..].cmp(&b.row_key[2..]));
+        let mut picked = Vec::new();
+        for e in all {
+            if picked.len() >= limit || e.get_i64("nextAttemptAt").unwrap_or(0) > now.unix_millis()
+            {
+                break;
+            }
+            if e.get_i64("leaseUntil").unwrap_or(0) > now.unix_millis() {
+                continue; // another instance is delivering it right now
+            }
+            picked.push(e);
+        }
+        let mut out = Vec::with_capacity(picked.len());
+        for mut e in picked {
+            let etag = e.etag.clone().unwrap_or_else(|| "*".into());
+            e.set_i64("leaseUntil", now.unix_millis() + LEASE_MS);
+            match self.client.replace(&e, &etag).await {
+                Ok(new_etag) => {
+                    e.etag = Some(new_etag);
+                    out.push(QueuedAlert {
+                        id: handle(&e),
+                        body: e.get_str("body").unwrap_or("{}").to_string(),
+                        attempts: e.get_i64("attempts").unwrap_or(0) as u32,
+                    });
+                }
+                // Someone else leased or delivered it first; keep order by stopping here.
+                Err(err) if is_contention(&err) || matches!(err, TableError::NotFound) => break,
+                Err(err) => return Err(table_err(err)),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Runs `f` for every partition concurrently and concatenates the results.
+async fn per_shard<T, F, Fut>(me: &Arc<Inner>, f: F) -> Result<Vec<T>, StoreError>
+where
+    T: Send + 'static,
+    F: Fn(Arc<Inner>, String) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>, StoreError>> + Send + 'static,
+{
+    let mut tasks = JoinSet::new();
+    for n in 0..SHARDS {
+        tasks.spawn(f(me.clone(), shard_name(n)));
+    }
+    let mut out = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        out.extend(r.map_err(|e| StoreError::Unavailable(format!("shard task failed: {e}")))??);
+    }
+    Ok(out)
+}
+
+impl Store for TableStore {
+    fn apply(
+        &self,
+        events: Vec<ConnectionEvent>,
+        received_at: Timestamp,
+    ) -> BoxFuture<'_, Result<Vec<Applied>, StoreError>> {
+        Box::pin(async move { self.inner.apply_events(events, received_at).await })
+    }
+
+    fn claim_due(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Alert>, StoreError>> {
+        Box::pin(async move {
+            // Each partition claims up to `limit`, so a short answer still means nothing is left.
+            let mut alerts = per_shard(&self.inner, move |me, pk| async move {
+                me.claim_shard(pk, now, limit).await
+            })
+            .await?;
+            alerts.sort_by_key(|a| a.disconnected_at);
+            Ok(alerts)
+        })
+    }
+
+    fn queued(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<QueuedAlert>, StoreError>> {
+        Box::pin(async move { self.inner.lease(now, limit).await })
+    }
+
+    fn delivered(&self, ids: Vec<String>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut by_pk: BTreeMap<&str, Vec<BatchOp>> = BTreeMap::new();
+            for h in &ids {
+                if let Some((pk, rk, etag)) = parse_handle(h) {
+                    by_pk.entry(pk).or_default().push(BatchOp::Delete {
+                        row_key: rk.to_string(),
+                        etag: etag.to_string(),
+                    });
+                }
+            }
+            for (pk, ops) in by_pk {
+                for chunk in chunks(ops, 100) {
+                    match self.inner.client.batch(pk, chunk).await {
+                        Ok(_) => {}
+                        // The lease ran out and another instance took the alert over: it is
+                        // theirs to finish (at worst delivered twice, never lost).
+                        Err(e) if is_contention(&e) || is_not_found(&e) => {}
+                        Err(e) => return Err(table_err(e)),
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn failed(
+        &self,
+        ids: Vec<String>,
+        next_attempt_at: Timestamp,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            for h in &ids {
+                let Some((pk, rk, etag)) = parse_handle(h) else {
+                    continue;
+                };
+                let Some(mut e) = self.inner.client.get(pk, rk).await.map_err(table_err)? else {
+                    continue;
+                };
+                if e.etag.as_deref() != Some(etag) {
+                    continue; // no longer ours
+                }
+                e.set_i64("attempts", e.get_i64("attempts").unwrap_or(0) + 1);
+                e.set_i64("nextAttemptAt", next_attempt_at.unix_millis());
+                e.set_i64("leaseUntil", 0);
+                match self.inner.client.replace(&e, etag).await {
+                    Ok(_) => {}
+                    Err(err) if is_contention(&err) || matches!(err, TableError::NotFound) => {}
+                    Err(err) => return Err(table_err(err)),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn queue_len(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let n = per_shard(&self.inner, |me, pk| async move {
+                me.client
+                    .query(&range_filter(&pk, "o|", "o}"), Some(&["RowKey"]), None)
+                    .await
+                    .map(|v| vec![v.len()])
+                    .map_err(table_err)
+            })
+            .await?;
+            Ok(n.into_iter().sum::<usize>() as u64)
+        })
+    }
+}
+
+fn is_not_found(e: &TableError) -> bool {
+    match e {
+        TableError::NotFound => true,
+        TableError::BatchFailed { source, .. } => is_not_found(source),
+        _ => false,
+    }
+}
+
+fn chunks<T>(v: Vec<T>, n: usize) -> Vec<Vec<T>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::with_capacity(n);
+    for x in v {
+        cur.push(x);
+        if cur.len() == n {
+            out.push(std::mem::replace(&mut cur, Vec::with_capacity(n)));
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}

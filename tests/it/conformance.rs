@@ -1,0 +1,448 @@
+//! One conformance suite, run against every store: the embedded SQLite file and Azure Table Storage
+//! (a real Azurite). Each check takes a [`Backend`] that can open the same data again (a restart, or
+//! a second instance), so durability and cross-instance rules are checked the same way for both.
+
+use connmon::machine::{AlertKind, Outcome, Policy};
+use connmon::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
+use connmon::store::sqlite::SqliteStore;
+use connmon::store::table::client::TableClient;
+use connmon::store::table::TableStore;
+use connmon::store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+
+const NOW_MS: i64 = 1_795_773_600_000;
+const GRACE: Duration = Duration::from_secs(300);
+
+fn at(s: i64) -> Timestamp {
+    Timestamp::from_unix_millis(NOW_MS + s * 1000)
+}
+
+fn seq(n: u64) -> SequenceNumber {
+    SequenceNumber::parse(&format!("{n:064X}")).unwrap()
+}
+
+fn id(device: &str) -> Identity {
+    Identity::new("Hub", device, None)
+}
+
+fn event(identity: &Identity, kind: EventKind, t: i64) -> ConnectionEvent {
+    ConnectionEvent {
+        identity: identity.clone(),
+        kind,
+        time: Some(at(t)),
+        event_id: String::new(),
+    }
+}
+
+fn dis(i: &Identity, n: u64, t: i64) -> ConnectionEvent {
+    event(i, EventKind::Disconnected(seq(n)), t)
+}
+
+fn con(i: &Identity, n: u64, t: i64) -> ConnectionEvent {
+    event(i, EventKind::Connected(seq(n)), t)
+}
+
+fn del(i: &Identity, t: i64) -> ConnectionEvent {
+    event(i, EventKind::Deleted, t)
+}
+
+/// Where a store's data lives; `open` may be called again for a restart or a second instance.
+pub enum Backend {
+    Sqlite(tempfile::TempDir),
+    Table(String),
+}
+
+impl Backend {
+    fn sqlite() -> Backend {
+        Backend::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    fn table() -> Backend {
+        Backend::Table(crate::table_client::unique_table_name("conf"))
+    }
+
+    async fn open(&self) -> Arc<dyn Store> {
+        let policy = Policy { grace: GRACE };
+        match self {
+            Backend::Sqlite(dir) => {
+                Arc::new(SqliteStore::open(&dir.path().join("c.db"), policy).unwrap())
+            }
+            Backend::Table(table) => {
+                let client =
+                    TableClient::new(crate::table_client::azurite_endpoint(), table).unwrap();
+                Arc::new(TableStore::open(client, policy).await.unwrap())
+            }
+        }
+    }
+}
+
+/// All alerts claimable at `t`, as `kind device from=…` lines, sorted.
+async fn claim_all(store: &dyn Store, t: i64) -> Vec<String> {
+    let mut out: Vec<String> = store
+        .claim_due(at(t), 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let who = match a.identity.module() {
+                Some(m) => format!("{}/{}", a.identity.device(), m),
+                None => a.identity.device().to_string(),
+            };
+            format!(
+                "{} {who} from={}",
+                a.kind.as_str(),
+                (a.disconnected_at.unix_millis() - NOW_MS) / 1000
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The queued alert bodies (kind + deviceId + dedupKey), oldest first, without delivering them.
+async fn queued(store: &dyn Store, t: i64) -> Vec<serde_json::Value> {
+    store
+        .queued(at(t), 1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|q| serde_json::from_str(&q.body).unwrap())
+        .collect()
+}
+
+async fn outcomes(store: &dyn Store, events: Vec<ConnectionEvent>, t: i64) -> Vec<Outcome> {
+    store
+        .apply(events, at(t))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.outcome)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checks
+
+async fn identities_are_keyed_by_hub_device_and_module(b: Backend) {
+    let s = b.open().await;
+    let d = id("d1");
+    let m = Identity::new("HUB", "d1", Some("$edgeHub"));
+    let upper = Identity::new("hub", "D1", None);
+    let o = outcomes(
+        &*s,
+        vec![
+            dis(&d, 1, 0),
+            dis(&m, 2, 0),
+            dis(&upper, 1, 0),
+            con(&Identity::new("hUB", "d1", None), 3, 10),
+        ],
+        20,
+    )
+    .await;
+    assert_eq!(
+        o,
+        [
+            Outcome::Opened,
+            Outcome::Opened,
+            Outcome::Opened,
+            Outcome::ClosedSilently
+        ]
+    );
+    assert_eq!(
+        claim_all(&*s, 400).await,
+        ["disconnected D1 from=0", "disconnected d1/$edgeHub from=0"]
+    );
+}
+
+async fn duplicates_and_stale_events_change_nothing_even_after_a_restart(b: Backend) {
+    let d = id("d1");
+    {
+        let s = b.open().await;
+        let o = outcomes(&*s, vec![dis(&d, 5, 0), dis(&d, 5, 0), con(&d, 4, 10)], 20).await;
+        assert_eq!(o, [Outcome::Opened, Outcome::Duplicate, Outcome::Stale]);
+    }
+    let s = b.open().await;
+    assert_eq!(
+        outcomes(&*s, vec![dis(&d, 5, 0), con(&d, 3, 5)], 30).await,
+        [Outcome::Duplicate, Outcome::Stale]
+    );
+    assert_eq!(claim_all(&*s, 300).await, ["disconnected d1 from=0"]);
+}
+
+async fn outages_restart_continue_and_alert_exactly_once(b: Backend) {
+    let s = b.open().await;
+    let (d1, d2) = (id("d1"), id("d2"));
+    outcomes(
+        &*s,
+        vec![dis(&d1, 1, 0), dis(&d2, 1, 0), dis(&d1, 3, 200)],
+        201,
+    )
+    .await;
+    assert!(
+        claim_all(&*s, 299).await.is_empty(),
+        "nothing due before the grace"
+    );
+    assert_eq!(claim_all(&*s, 300).await, ["disconnected d2 from=0"]);
+    assert_eq!(claim_all(&*s, 499).await, Vec::<String>::new());
+    assert_eq!(claim_all(&*s, 500).await, ["disconnected d1 from=200"]);
+    assert_eq!(
+        outcomes(&*s, vec![dis(&d1, 4, 600)], 601).await,
+        [Outcome::Continued]
+    );
+    assert!(
+        claim_all(&*s, 5000).await.is_empty(),
+        "claimed once, even after a later disconnect"
+    );
+}
+
+async fn token_renewal_is_silent_and_a_reconnect_after_an_alert_is_queued_once(b: Backend) {
+    let s = b.open().await;
+    let (quiet, loud) = (id("quiet"), id("loud"));
+    outcomes(
+        &*s,
+        vec![dis(&quiet, 1, 0), con(&quiet, 2, 30), dis(&loud, 1, 0)],
+        40,
+    )
+    .await;
+    assert_eq!(claim_all(&*s, 300).await, ["disconnected loud from=0"]);
+    let applied = s
+        .apply(vec![con(&loud, 2, 400), con(&loud, 2, 400)], at(401))
+        .await
+        .unwrap();
+    assert_eq!(applied[0].outcome, Outcome::Reconnected);
+    assert_eq!(applied[1].outcome, Outcome::Duplicate);
+    let q = queued(&*s, 401).await;
+    let kinds: Vec<(&str, &str)> = q
+        .iter()
+        .map(|v| (v["kind"].as_str().unwrap(), v["deviceId"].as_str().unwrap()))
+        .collect();
+    assert_eq!(kinds, [("disconnected", "loud"), ("reconnected", "loud")]);
+    assert_eq!(q[0]["dedupKey"], q[1]["dedupKey"]);
+    assert_eq!(q[1]["downtimeSeconds"], 400);
+    assert_eq!(q[0]["hub"], "hub");
+}
+
+async fn deletion_forgets_device_and_modules_and_withdraws_unsent_alerts(b: Backend) {
+    let s = b.open().await;
+    let dev = id("edge");
+    let module = Identity::new("hub", "edge", Some("$edgeAgent"));
+    let other = id("other");
+    outcomes(
+        &*s,
+        vec![dis(&dev, 1, 0), dis(&module, 2, 0), dis(&other, 1, 0)],
+        1,
+    )
+    .await;
+    assert_eq!(claim_all(&*s, 300).await.len(), 3);
+    // The device came back (reconnected queued behind its undelivered disconnected), then was deleted.
+    outcomes(&*s, vec![con(&dev, 3, 350)], 351).await;
+    assert_eq!(
+        outcomes(&*s, vec![del(&dev, 400)], 401).await,
+        [Outcome::Deleted]
+    );
+    let left: Vec<String> = queued(&*s, 500)
+        .await
+        .iter()
+        .map(|v| format!("{} {}", v["kind"], v["deviceId"]))
+        .collect();
+    assert_eq!(left, ["\"disconnected\" \"other\""]);
+    // Late events from before the deletion, for the device and for its module, are ignored.
+    assert_eq!(
+        outcomes(
+            &*s,
+            vec![
+                dis(&dev, 9, 390),
+                dis(&module, 10, 395),
+                dis(&Identity::new("hub", "edge", Some("new")), 11, 399)
+            ],
+            500
+        )
+        .await,
+        [
+            Outcome::BeforeDeletion,
+            Outcome::BeforeDeletion,
+            Outcome::BeforeDeletion
+        ]
+    );
+    // A re-created device starts fresh.
+    assert_eq!(
+        outcomes(&*s, vec![dis(&dev, 1, 600)], 601).await,
+        [Outcome::Opened]
+    );
+    assert_eq!(claim_all(&*s, 900).await, ["disconnected edge from=600"]);
+}
+
+async fn claims_survive_a_restart_and_big_outages_are_claimed_in_full(b: Backend) {
+    {
+        let s = b.open().await;
+        let events: Vec<_> = (0..120)
+            .map(|i| dis(&id(&format!("dev{i:03}")), 1, i))
+            .collect();
+        s.apply(events, at(200)).await.unwrap();
+    }
+    let s = b.open().await;
+    let mut total = 0;
+    loop {
+        let n = s.claim_due(at(1000), 50).await.unwrap().len();
+        total += n;
+        if n < 50 {
+            break;
+        }
+    }
+    assert_eq!(total, 120);
+    let s2 = b.open().await;
+    assert!(claim_all(&*s2, 2000).await.is_empty());
+    assert_eq!(s2.queue_len().await.unwrap(), 120);
+}
+
+async fn concurrent_deliveries_equal_sequence_number_order(b: Backend) {
+    // 12 devices × 6 events, scrambled, one task each, spread over two store handles (two
+    // "instances"). Even devices end disconnected at t=100, odd ones connected.
+    let s1 = b.open().await;
+    let s2 = b.open().await;
+    let mut events = Vec::new();
+    for d in 0..12u64 {
+        for n in 1..=6u64 {
+            let ends_down = d % 2 == 0;
+            let connected = if ends_down { n % 2 == 1 } else { n % 2 == 0 };
+            let ev = if connected {
+                con(&id(&format!("d{d:02}")), n, (n as i64) * 20 - 20)
+            } else {
+                dis(&id(&format!("d{d:02}")), n, (n as i64) * 20 - 20)
+            };
+            events.push(ev.clone());
+            if n == 3 {
+                events.push(ev); // a duplicate delivery
+            }
+        }
+    }
+    let len = events.len();
+    for i in 0..len {
+        events.swap(i, (i * 31 + 7) % len);
+    }
+    let tasks: Vec<_> = events
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let s = if i % 2 == 0 { s1.clone() } else { s2.clone() };
+            tokio::spawn(async move { s.apply(vec![e], at(200)).await.unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Two instances sweep at once: each outage is claimed exactly once between them.
+    let (a, b2) = tokio::join!(s1.claim_due(at(400), 1000), s2.claim_due(at(400), 1000));
+    let mut claimed: Vec<String> = a
+        .unwrap()
+        .into_iter()
+        .chain(b2.unwrap())
+        .map(|a| {
+            format!(
+                "{} {}",
+                a.identity.device(),
+                (a.disconnected_at.unix_millis() - NOW_MS) / 1000
+            )
+        })
+        .collect();
+    claimed.sort();
+    let expected: Vec<String> = (0..12).step_by(2).map(|d| format!("d{d:02} 100")).collect();
+    assert_eq!(claimed, expected);
+}
+
+async fn the_outbox_keeps_order_backs_off_and_forgets_what_was_delivered(b: Backend) {
+    let s = b.open().await;
+    let d = id("d1");
+    outcomes(&*s, vec![dis(&d, 1, 0)], 1).await;
+    claim_all(&*s, 300).await;
+    outcomes(&*s, vec![con(&d, 2, 400)], 401).await;
+    let q = s.queued(at(401), 10).await.unwrap();
+    assert_eq!(q.len(), 2);
+    assert_eq!(q[0].attempts, 0);
+    s.failed(vec![q[0].id.clone()], at(500)).await.unwrap();
+    // While the head backs off nothing overtakes it (the reconnected waits too).
+    assert!(s.queued(at(450), 10).await.unwrap().is_empty());
+    let q2 = s.queued(at(500), 10).await.unwrap();
+    assert_eq!(q2.len(), 2, "both due again at 500");
+    assert_eq!(q2[0].attempts, 1);
+    assert!(q2[0].body.contains("\"disconnected\"") && q2[1].body.contains("\"reconnected\""));
+    s.delivered(q2.iter().map(|q| q.id.clone()).collect())
+        .await
+        .unwrap();
+    assert_eq!(s.queue_len().await.unwrap(), 0);
+    assert!(s.queued(at(9999), 10).await.unwrap().is_empty());
+}
+
+async fn every_allowed_id_character_and_case_round_trips(b: Backend) {
+    let s = b.open().await;
+    let specials = [
+        "a-b:c.d+e%f_g#h*i?j!k(l)m,n=o@p;q$r's",
+        "%2F",
+        "x|y",
+        "caseID",
+        "CaseId",
+        "o'brien",
+        "x',y",
+        ",lead",
+    ];
+    let events: Vec<_> = specials
+        .iter()
+        .enumerate()
+        .flat_map(|(i, d)| {
+            [
+                dis(&Identity::new("hub", d, None), 1, i as i64),
+                dis(
+                    &Identity::new("hub", "dev", Some(d)),
+                    2 + i as u64,
+                    i as i64,
+                ),
+            ]
+        })
+        .collect();
+    let o = outcomes(&*s, events, 100).await;
+    assert!(o.iter().all(|o| *o == Outcome::Opened), "{o:?}");
+    let claimed = s.claim_due(at(1000), 1000).await.unwrap();
+    assert_eq!(claimed.len(), specials.len() * 2);
+    let mut devices: Vec<&str> = claimed
+        .iter()
+        .filter(|a| a.identity.module().is_none())
+        .map(|a| a.identity.device())
+        .collect();
+    devices.sort();
+    let mut want = specials.to_vec();
+    want.sort();
+    assert_eq!(devices, want);
+    let mut modules: Vec<&str> = claimed.iter().filter_map(|a| a.identity.module()).collect();
+    modules.sort();
+    assert_eq!(modules, want);
+    assert!(claimed.iter().all(|a| a.kind == AlertKind::Disconnected));
+}
+
+// ---------------------------------------------------------------------------------------------
+// One test per (check, store)
+
+macro_rules! conformance {
+    ($($check:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $check() { super::$check(super::Backend::sqlite()).await } )*
+        }
+        mod table {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $check() { super::$check(super::Backend::table()).await } )*
+        }
+    };
+}
+
+conformance!(
+    identities_are_keyed_by_hub_device_and_module,
+    duplicates_and_stale_events_change_nothing_even_after_a_restart,
+    outages_restart_continue_and_alert_exactly_once,
+    token_renewal_is_silent_and_a_reconnect_after_an_alert_is_queued_once,
+    deletion_forgets_device_and_modules_and_withdraws_unsent_alerts,
+    claims_survive_a_restart_and_big_outages_are_claimed_in_full,
+    concurrent_deliveries_equal_sequence_number_order,
+    the_outbox_keeps_order_backs_off_and_forgets_what_was_delivered,
+    every_allowed_id_character_and_case_round_trips,
+);
