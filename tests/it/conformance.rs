@@ -374,6 +374,25 @@ async fn the_outbox_keeps_order_backs_off_and_forgets_what_was_delivered(b: Back
     assert!(s.queued(at(9999), 10).await.unwrap().is_empty());
 }
 
+async fn an_alert_handed_out_but_never_confirmed_is_handed_out_again(b: Backend) {
+    // An instance takes alerts for delivery and dies before it confirms or fails them: they stay
+    // queued and another instance delivers them once the lease (60 s) has run out.
+    let s1 = b.open().await;
+    outcomes(&*s1, vec![dis(&id("d1"), 1, 0)], 1).await;
+    claim_all(&*s1, 300).await;
+    assert_eq!(s1.queued(at(300), 10).await.unwrap().len(), 1);
+    drop(s1);
+    let s2 = b.open().await;
+    let later = s2.queued(at(400), 10).await.unwrap();
+    assert_eq!(
+        later.len(),
+        1,
+        "still queued after the first taker vanished"
+    );
+    s2.delivered(vec![later[0].id.clone()]).await.unwrap();
+    assert_eq!(s2.queue_len().await.unwrap(), 0);
+}
+
 async fn every_allowed_id_character_and_case_round_trips(b: Backend) {
     let s = b.open().await;
     let specials = [
@@ -444,5 +463,6 @@ conformance!(
     claims_survive_a_restart_and_big_outages_are_claimed_in_full,
     concurrent_deliveries_equal_sequence_number_order,
     the_outbox_keeps_order_backs_off_and_forgets_what_was_delivered,
+    an_alert_handed_out_but_never_confirmed_is_handed_out_again,
     every_allowed_id_character_and_case_round_trips,
 );
