@@ -11,13 +11,15 @@
 //! - [`decode`]: every envelope shape (host invocation, Event Grid, CloudEvents) → `Decoded` items.
 //! - [`machine`]: the pure per-identity state machine (`apply`, `claim_due`), no I/O, no clock.
 //! - [`store`]: the `Store` trait and its SQLite implementation (group commit, conditional writes).
-//! - [`alerts`]: the alert wire body, the log line, and webhook delivery from the outbox.
+//! - [`alerts`]: the alert wire body and the log line.
+//! - [`channels`]: the `Channel` trait, each channel, and the `Notifier` draining the outbox.
 //! - [`monitor`]: the service tying decode → store → alerts together; counters; sweeps.
 //! - [`server`]: the axum router and its status codes.
 //! - [`settings`]: environment → validated `Settings`.
 //! - [`log`]: log lines (stdout for information, stderr for problems and alerts).
 
 pub mod alerts;
+pub mod channels;
 pub mod decode;
 pub mod log;
 pub mod machine;
@@ -33,20 +35,53 @@ use settings::{Mode, Settings, StoreKind};
 use std::future::Future;
 use std::sync::Arc;
 use store::table::{client::TableClient, TableStore};
-use store::{sqlite::SqliteStore, Store};
+use channels::queue::QueueOutput;
+use channels::{Channel, Notifier};
+use store::{sqlite::SqliteStore, Store, StoreConfig};
 
-/// Opens the store the settings name (creating the SQLite file or the table if missing).
-pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, String> {
-    let policy = Policy {
-        grace: settings.grace,
+/// The channels the settings configure, and the queue output when the timer function declares
+/// one (Functions mode only: read from `DisconnectTimer/function.json` in the app root, the working
+/// directory the host starts connmon in). `log` when nothing else is set.
+pub fn channels(settings: &Settings) -> Notifier {
+    let mut list: Vec<Box<dyn Channel>> = Vec::new();
+    if let Some(url) = &settings.webhook_url {
+        list.push(Box::new(channels::webhook::Webhook::new(url.clone())));
+    }
+    let queue = match settings.mode {
+        Mode::Functions { .. } => {
+            QueueOutput::declared_in(std::path::Path::new("DisconnectTimer/function.json"))
+                .map(|name| Arc::new(QueueOutput::new(&name)))
+        }
+        Mode::Standalone { .. } => None,
+    };
+    if let Some(q) = &queue {
+        list.push(Box::new(channels::queue::QueueChannel(q.clone())));
+    }
+    if list.is_empty() {
+        list.push(Box::new(channels::LogOnly));
+    }
+    Notifier::new(list, queue)
+}
+
+/// Opens the store the settings name (creating the SQLite file or the table if missing), queuing
+/// alerts for `channels`.
+pub async fn open_store(
+    settings: &Settings,
+    channels: Vec<String>,
+) -> Result<Arc<dyn Store>, String> {
+    let cfg = StoreConfig {
+        policy: Policy {
+            grace: settings.grace,
+        },
+        channels,
     };
     match &settings.store {
-        StoreKind::Sqlite { path } => SqliteStore::open(path, policy)
+        StoreKind::Sqlite { path } => SqliteStore::open(path, cfg)
             .map(|s| Arc::new(s) as Arc<dyn Store>)
             .map_err(|e| e.to_string()),
         StoreKind::Table { endpoint, table } => {
             let client = TableClient::new(endpoint.clone(), table).map_err(|e| e.to_string())?;
-            TableStore::open(client, policy)
+            TableStore::open(client, cfg)
                 .await
                 .map(|s| Arc::new(s) as Arc<dyn Store>)
                 .map_err(|e| e.to_string())
@@ -59,13 +94,13 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, String> {
 pub async fn run(
     settings: Settings,
     store: Arc<dyn Store>,
+    notifier: Notifier,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let policy = Policy {
         grace: settings.grace,
     };
-    let notifier = alerts::Notifier::new(settings.webhook_url.clone());
     let monitor = Arc::new(Monitor::new(store, notifier, policy));
     let ticker = match settings.mode {
         Mode::Standalone { sweep_interval, .. } => {

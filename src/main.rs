@@ -31,7 +31,8 @@ async fn serve(settings: Settings) -> ExitCode {
         Mode::Functions { port } => SocketAddr::from(([127, 0, 0, 1], port)),
         Mode::Standalone { listen, .. } => listen,
     };
-    let store = match connmon::open_store(&settings).await {
+    let notifier = connmon::channels(&settings);
+    let store = match connmon::open_store(&settings, notifier.channel_names()).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("connmon: {e}");
@@ -59,7 +60,7 @@ async fn serve(settings: Settings) -> ExitCode {
             "not set: alerts go to the log only"
         }
     ));
-    match connmon::run(settings, store, listener, shutdown_signal()).await {
+    match connmon::run(settings, store, notifier, listener, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("connmon: server error: {e}");

@@ -1,7 +1,8 @@
 //! The service between the HTTP edge and the store: applies decoded deliveries, runs sweeps, keeps
 //! counters. Both modes and every route go through one [`Monitor`].
 
-use crate::alerts::{self, DeliveryReport, Notifier};
+use crate::alerts;
+use crate::channels::{DeliveryReport, Notifier};
 use crate::decode::Decoded;
 use crate::log;
 use crate::machine::{Alert, Outcome, Policy};
@@ -97,11 +98,11 @@ impl SweepReport {
             self.claimed.len(),
             self.delivery.delivered,
             self.queued_after,
-            self.delivery
-                .problem
-                .as_ref()
-                .map(|p| format!(", delivery failing: {p}"))
-                .unwrap_or_default(),
+            if self.delivery.problems.is_empty() {
+                String::new()
+            } else {
+                format!(", delivery failing: {}", self.delivery.problems.join("; "))
+            },
             policy.grace_seconds()
         )];
         lines.extend(
@@ -143,6 +144,11 @@ impl Monitor {
 
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// The timer function's queue output binding, if declared (its alerts go in `Outputs`).
+    pub fn queue_binding(&self) -> Option<&str> {
+        self.notifier.queue_binding()
     }
 
     /// Applies a decoded delivery. Returns only after every event's effect is durable; a store
@@ -227,7 +233,7 @@ impl Monitor {
                 break;
             }
         }
-        report.delivery = self.notifier.deliver(self.store.as_ref(), now).await?;
+        report.delivery = self.notifier.deliver(self.store.clone(), now).await?;
         Counters::add(&self.counters.alerts_delivered, report.delivery.delivered);
         report.queued_after = self.store.queue_len().await?;
         Ok(report)

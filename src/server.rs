@@ -94,7 +94,11 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
 
 /// The JSON object the Functions host expects from every successful invocation.
 fn host_response(logs: Vec<String>) -> Response {
-    Json(json!({ "Outputs": {}, "Logs": logs, "ReturnValue": null })).into_response()
+    host_response_with(serde_json::Map::new(), logs)
+}
+
+fn host_response_with(outputs: serde_json::Map<String, Value>, logs: Vec<String>) -> Response {
+    Json(json!({ "Outputs": outputs, "Logs": logs, "ReturnValue": null })).into_response()
 }
 
 async fn health(State(m): State<Arc<Monitor>>) -> Response {
@@ -158,7 +162,12 @@ async fn disconnect_timer(
         }
     }
     let report = m.sweep().await?;
-    Ok(host_response(report.log_lines(m.policy())))
+    let mut outputs = serde_json::Map::new();
+    if let Some(binding) = m.queue_binding() {
+        // A collector binding takes an array: one queue message per alert object.
+        outputs.insert(binding.to_string(), Value::Array(report.delivery.outputs.clone()));
+    }
+    Ok(host_response_with(outputs, report.log_lines(m.policy())))
 }
 
 async fn webhook_events(

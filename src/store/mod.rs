@@ -11,13 +11,22 @@
 pub mod sqlite;
 pub mod table;
 
-use crate::machine::{Alert, Outcome};
+use crate::machine::{Alert, Outcome, Policy};
 use crate::model::{ConnectionEvent, Timestamp};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a store needs to know besides its location: the rules' parameters, and the channels every
+/// alert is queued for (one outbox entry per channel, each delivered and retried on its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub policy: Policy,
+    /// Channel names (`webhook`, `teams`, …); never empty (`log` when nothing else is set).
+    pub channels: Vec<String>,
+}
 
 /// What applying one event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,11 +85,12 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<Alert>, StoreError>>;
 
-    /// Up to `limit` queued alerts, oldest first, ending before the first one whose next attempt is
+    /// Up to `limit` alerts queued for `channel`, oldest first, ending before the first one whose next attempt is
     /// after `now` (delivery keeps the order alerts were raised in). A store shared by several
     /// instances leases what it returns, so two instances do not deliver the same alert at once.
     fn queued(
         &self,
+        channel: &str,
         now: Timestamp,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<QueuedAlert>, StoreError>>;
@@ -95,6 +105,6 @@ pub trait Store: Send + Sync {
         next_attempt_at: Timestamp,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    /// How many alerts wait in the outbox (for the sweep summary).
+    /// How many deliveries wait in the outbox, over all channels (for the sweep summary).
     fn queue_len(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
 }

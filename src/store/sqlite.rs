@@ -10,9 +10,9 @@
 //! so two processes on one file — which SQLite serialises with its write lock — can never lose an
 //! update either.
 
-use super::{Applied, BoxFuture, QueuedAlert, Store, StoreError};
+use super::{Applied, BoxFuture, QueuedAlert, Store, StoreConfig, StoreError};
 use crate::alerts::AlertBody;
-use crate::machine::{self, Alert, IdentityState, Outage, Policy};
+use crate::machine::{self, Alert, IdentityState, Outage};
 use crate::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
@@ -51,12 +51,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     module          TEXT    NOT NULL,
     kind            TEXT    NOT NULL,
     dedup_key       TEXT    NOT NULL,
+    channel         TEXT    NOT NULL,   -- one row per alert and configured channel
     body            TEXT    NOT NULL,
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at INTEGER NOT NULL,
     created_at      INTEGER NOT NULL,
-    UNIQUE (dedup_key, kind)
+    UNIQUE (dedup_key, kind, channel)
 );
+CREATE INDEX IF NOT EXISTS outbox_channel ON outbox(channel, id);
 CREATE INDEX IF NOT EXISTS outbox_identity ON outbox(hub, device, module);
 ";
 
@@ -80,6 +82,7 @@ enum Command {
         reply: oneshot::Sender<Result<Vec<Alert>, StoreError>>,
     },
     Queued {
+        channel: String,
         now: Timestamp,
         limit: usize,
         reply: oneshot::Sender<Result<Vec<QueuedAlert>, StoreError>>,
@@ -110,7 +113,7 @@ fn db_err(e: rusqlite::Error) -> StoreError {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and starts the writer thread.
-    pub fn open(path: &Path, policy: Policy) -> Result<SqliteStore, StoreError> {
+    pub fn open(path: &Path, cfg: StoreConfig) -> Result<SqliteStore, StoreError> {
         let conn = Connection::open(path).map_err(|e| {
             StoreError::Unavailable(format!("cannot open SQLite file {}: {e}", path.display()))
         })?;
@@ -131,7 +134,7 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(16_384);
         std::thread::Builder::new()
             .name("connmon-sqlite".into())
-            .spawn(move || Writer { conn, policy }.run(rx))
+            .spawn(move || Writer { conn, cfg }.run(rx))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the SQLite thread: {e}")))?;
         Ok(SqliteStore { tx })
     }
@@ -173,10 +176,17 @@ impl Store for SqliteStore {
 
     fn queued(
         &self,
+        channel: &str,
         now: Timestamp,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<QueuedAlert>, StoreError>> {
-        Box::pin(self.call(move |reply| Command::Queued { now, limit, reply }))
+        let channel = channel.to_string();
+        Box::pin(self.call(move |reply| Command::Queued {
+            channel,
+            now,
+            limit,
+            reply,
+        }))
     }
 
     fn delivered(&self, ids: Vec<String>) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -240,7 +250,7 @@ impl Pending {
 
 struct Writer {
     conn: Connection,
-    policy: Policy,
+    cfg: StoreConfig,
 }
 
 impl Writer {
@@ -268,7 +278,7 @@ impl Writer {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db_err)?;
             for cmd in batch.drain(..) {
-                match exec(&tx, &self.policy, cmd) {
+                match exec(&tx, &self.cfg, cmd) {
                     Ok(p) => done.push(p),
                     Err((p, e)) => failures.push((p, e)),
                 }
@@ -309,21 +319,26 @@ fn reply_err(cmd: Command, e: StoreError) {
 
 type ExecResult = Result<Pending, (Pending, StoreError)>;
 
-fn exec(tx: &rusqlite::Transaction<'_>, policy: &Policy, cmd: Command) -> ExecResult {
+fn exec(tx: &rusqlite::Transaction<'_>, cfg: &StoreConfig, cmd: Command) -> ExecResult {
     match cmd {
         Command::Apply {
             events,
             received_at,
             reply,
-        } => match apply_events(tx, policy, &events, received_at) {
+        } => match apply_events(tx, cfg, &events, received_at) {
             Ok(v) => Ok(Pending::Apply(reply, v)),
             Err(e) => Err((Pending::Apply(reply, Vec::new()), e)),
         },
-        Command::ClaimDue { now, limit, reply } => match claim_due(tx, policy, now, limit) {
+        Command::ClaimDue { now, limit, reply } => match claim_due(tx, cfg, now, limit) {
             Ok(v) => Ok(Pending::Claim(reply, v)),
             Err(e) => Err((Pending::Claim(reply, Vec::new()), e)),
         },
-        Command::Queued { now, limit, reply } => match queued(tx, now, limit) {
+        Command::Queued {
+            channel,
+            now,
+            limit,
+            reply,
+        } => match queued(tx, &channel, now, limit) {
             Ok(v) => Ok(Pending::Queued(reply, v)),
             Err(e) => Err((Pending::Queued(reply, Vec::new()), e)),
         },
@@ -493,32 +508,41 @@ fn save(
     Ok(new_version)
 }
 
-fn enqueue(tx: &rusqlite::Transaction<'_>, alert: &Alert) -> Result<(), StoreError> {
+/// Queues `alert` once for every configured channel.
+fn enqueue(
+    tx: &rusqlite::Transaction<'_>,
+    channels: &[String],
+    alert: &Alert,
+) -> Result<(), StoreError> {
     let body = serde_json::to_string(&AlertBody::from(alert))
         .map_err(|e| StoreError::Unavailable(format!("cannot encode alert: {e}")))?;
-    tx.prepare_cached(
-        "INSERT INTO outbox (hub, device, module, kind, dedup_key, body, next_attempt_at, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
-         ON CONFLICT (dedup_key, kind) DO NOTHING",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO outbox (hub, device, module, kind, dedup_key, channel, body,
+                                 next_attempt_at, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+             ON CONFLICT (dedup_key, kind, channel) DO NOTHING",
+        )
+        .map_err(db_err)?;
+    for channel in channels {
+        stmt.execute(params![
             alert.identity.hub(),
             alert.identity.device(),
             module_key(&alert.identity),
             alert.kind.as_str(),
             alert.dedup_key,
+            channel,
             body,
             alert.detected_at.unix_millis(),
         ])
-    })
-    .map(drop)
-    .map_err(db_err)
+        .map_err(db_err)?;
+    }
+    Ok(())
 }
 
 fn apply_events(
     tx: &rusqlite::Transaction<'_>,
-    policy: &Policy,
+    cfg: &StoreConfig,
     events: &[ConnectionEvent],
     received_at: Timestamp,
 ) -> Result<Vec<Applied>, StoreError> {
@@ -532,7 +556,7 @@ fn apply_events(
                     identity: id,
                     ..ev.clone()
                 };
-                let a = apply_one(tx, policy, &one, received_at, None)?;
+                let a = apply_one(tx, cfg, &one, received_at, None)?;
                 first.get_or_insert(a);
             }
             first.expect("the device itself is always applied")
@@ -544,7 +568,7 @@ fn apply_events(
                 }
                 None => None,
             };
-            apply_one(tx, policy, ev, received_at, device_deleted_at)?
+            apply_one(tx, cfg, ev, received_at, device_deleted_at)?
         };
         out.push(applied);
     }
@@ -570,19 +594,19 @@ fn modules_of(tx: &rusqlite::Transaction<'_>, id: &Identity) -> Result<Vec<Ident
 
 fn apply_one(
     tx: &rusqlite::Transaction<'_>,
-    policy: &Policy,
+    cfg: &StoreConfig,
     ev: &ConnectionEvent,
     received_at: Timestamp,
     device_deleted_at: Option<Timestamp>,
 ) -> Result<Applied, StoreError> {
     let row = load(tx, &ev.identity)?;
     let state = machine::with_device_deletion(&row.state, device_deleted_at);
-    let t = machine::apply(&state, ev, received_at, policy);
+    let t = machine::apply(&state, ev, received_at, &cfg.policy);
     if t.outcome.changes_state() {
         save(tx, &ev.identity, &t.state, row.version)?;
     }
     if let Some(alert) = &t.alert {
-        enqueue(tx, alert)?;
+        enqueue(tx, &cfg.channels, alert)?;
     }
     if t.cancel_queued_alerts {
         // Withdraw the undelivered `disconnected` alert and any `reconnected` paired with it; a
@@ -610,11 +634,11 @@ fn apply_one(
 
 fn claim_due(
     tx: &rusqlite::Transaction<'_>,
-    policy: &Policy,
+    cfg: &StoreConfig,
     now: Timestamp,
     limit: usize,
 ) -> Result<Vec<Alert>, StoreError> {
-    let cutoff = policy.due_cutoff(now).unix_millis();
+    let cutoff = cfg.policy.due_cutoff(now).unix_millis();
     let rows: Vec<(Identity, i64, IdentityState)> = {
         let mut stmt = tx.prepare_cached(CLAIM_DUE_SQL).map_err(db_err)?;
         let mapped = stmt
@@ -633,9 +657,9 @@ fn claim_due(
     };
     let mut alerts = Vec::with_capacity(rows.len());
     for (id, version, state) in rows {
-        if let Some((next, alert)) = machine::claim_due(&id, &state, now, policy) {
+        if let Some((next, alert)) = machine::claim_due(&id, &state, now, &cfg.policy) {
             save(tx, &id, &next, Some(version))?;
-            enqueue(tx, &alert)?;
+            enqueue(tx, &cfg.channels, &alert)?;
             alerts.push(alert);
         }
     }
@@ -650,6 +674,7 @@ fn claim_due(
 
 fn queued(
     tx: &rusqlite::Transaction<'_>,
+    channel: &str,
     now: Timestamp,
     limit: usize,
 ) -> Result<Vec<QueuedAlert>, StoreError> {
@@ -657,11 +682,12 @@ fn queued(
     // out in the order they were raised, so a `reconnected` never overtakes its `disconnected`.
     let mut stmt = tx
         .prepare_cached(
-            "SELECT id, body, attempts, next_attempt_at FROM outbox ORDER BY id LIMIT ?1",
+            "SELECT id, body, attempts, next_attempt_at FROM outbox WHERE channel = ?1
+             ORDER BY id LIMIT ?2",
         )
         .map_err(db_err)?;
     let rows = stmt
-        .query_map([limit as i64], |r| {
+        .query_map(params![channel, limit as i64], |r| {
             Ok((
                 QueuedAlert {
                     id: r.get::<_, i64>(0)?.to_string(),

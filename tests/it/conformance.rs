@@ -7,7 +7,7 @@ use connmon::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Times
 use connmon::store::sqlite::SqliteStore;
 use connmon::store::table::client::TableClient;
 use connmon::store::table::TableStore;
-use connmon::store::Store;
+use connmon::store::{Store, StoreConfig};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,7 +63,10 @@ impl Backend {
     }
 
     async fn open(&self) -> Arc<dyn Store> {
-        let policy = Policy { grace: GRACE };
+        let policy = StoreConfig {
+            policy: Policy { grace: GRACE },
+            channels: vec!["webhook".into(), "teams".into()],
+        };
         match self {
             Backend::Sqlite(dir) => {
                 Arc::new(SqliteStore::open(&dir.path().join("c.db"), policy).unwrap())
@@ -103,7 +106,7 @@ async fn claim_all(store: &dyn Store, t: i64) -> Vec<String> {
 /// The queued alert bodies (kind + deviceId + dedupKey), oldest first, without delivering them.
 async fn queued(store: &dyn Store, t: i64) -> Vec<serde_json::Value> {
     store
-        .queued(at(t), 1000)
+        .queued("webhook", at(t), 1000)
         .await
         .unwrap()
         .iter()
@@ -293,7 +296,7 @@ async fn claims_survive_a_restart_and_big_outages_are_claimed_in_full(b: Backend
     assert_eq!(total, 120);
     let s2 = b.open().await;
     assert!(claim_all(&*s2, 2000).await.is_empty());
-    assert_eq!(s2.queue_len().await.unwrap(), 120);
+    assert_eq!(s2.queue_len().await.unwrap(), 240, "one delivery per alert and channel");
 }
 
 async fn concurrent_deliveries_equal_sequence_number_order(b: Backend) {
@@ -357,21 +360,28 @@ async fn the_outbox_keeps_order_backs_off_and_forgets_what_was_delivered(b: Back
     outcomes(&*s, vec![dis(&d, 1, 0)], 1).await;
     claim_all(&*s, 300).await;
     outcomes(&*s, vec![con(&d, 2, 400)], 401).await;
-    let q = s.queued(at(401), 10).await.unwrap();
+    let q = s.queued("webhook", at(401), 10).await.unwrap();
     assert_eq!(q.len(), 2);
     assert_eq!(q[0].attempts, 0);
     s.failed(vec![q[0].id.clone()], at(500)).await.unwrap();
     // While the head backs off nothing overtakes it (the reconnected waits too).
-    assert!(s.queued(at(450), 10).await.unwrap().is_empty());
-    let q2 = s.queued(at(500), 10).await.unwrap();
+    assert!(s.queued("webhook", at(450), 10).await.unwrap().is_empty());
+    let q2 = s.queued("webhook", at(500), 10).await.unwrap();
     assert_eq!(q2.len(), 2, "both due again at 500");
     assert_eq!(q2[0].attempts, 1);
     assert!(q2[0].body.contains("\"disconnected\"") && q2[1].body.contains("\"reconnected\""));
     s.delivered(q2.iter().map(|q| q.id.clone()).collect())
         .await
         .unwrap();
+    // The other channel was never blocked by this one's back-off, and still has both.
+    let teams = s.queued("teams", at(450), 10).await.unwrap();
+    assert_eq!(teams.len(), 2);
+    assert_eq!(teams[0].attempts, 0);
+    s.delivered(teams.iter().map(|q| q.id.clone()).collect())
+        .await
+        .unwrap();
     assert_eq!(s.queue_len().await.unwrap(), 0);
-    assert!(s.queued(at(9999), 10).await.unwrap().is_empty());
+    assert!(s.queued("webhook", at(9999), 10).await.unwrap().is_empty());
 }
 
 async fn an_alert_handed_out_but_never_confirmed_is_handed_out_again(b: Backend) {
@@ -380,17 +390,17 @@ async fn an_alert_handed_out_but_never_confirmed_is_handed_out_again(b: Backend)
     let s1 = b.open().await;
     outcomes(&*s1, vec![dis(&id("d1"), 1, 0)], 1).await;
     claim_all(&*s1, 300).await;
-    assert_eq!(s1.queued(at(300), 10).await.unwrap().len(), 1);
+    assert_eq!(s1.queued("webhook", at(300), 10).await.unwrap().len(), 1);
     drop(s1);
     let s2 = b.open().await;
-    let later = s2.queued(at(400), 10).await.unwrap();
+    let later = s2.queued("webhook", at(400), 10).await.unwrap();
     assert_eq!(
         later.len(),
         1,
         "still queued after the first taker vanished"
     );
     s2.delivered(vec![later[0].id.clone()]).await.unwrap();
-    assert_eq!(s2.queue_len().await.unwrap(), 0);
+    assert_eq!(s2.queue_len().await.unwrap(), 1, "the teams delivery still waits");
 }
 
 async fn every_allowed_id_character_and_case_round_trips(b: Backend) {

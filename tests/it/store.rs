@@ -5,7 +5,7 @@
 use connmon::machine::{Outcome, Policy};
 use connmon::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
 use connmon::store::sqlite::{SqliteStore, CLAIM_DUE_SQL};
-use connmon::store::{Store, StoreError};
+use connmon::store::{Store, StoreConfig, StoreError};
 use std::path::Path;
 use std::time::Duration;
 
@@ -33,13 +33,13 @@ fn ev(device: &str, n: u64, connected: bool, t: i64) -> ConnectionEvent {
 }
 
 fn open(path: &Path) -> SqliteStore {
-    SqliteStore::open(
-        path,
-        Policy {
+    let cfg = StoreConfig {
+        policy: Policy {
             grace: Duration::from_secs(300),
         },
-    )
-    .unwrap()
+        channels: vec!["log".into()],
+    };
+    SqliteStore::open(path, cfg).unwrap()
 }
 
 #[tokio::test]

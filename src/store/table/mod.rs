@@ -28,9 +28,9 @@ pub mod auth;
 pub mod client;
 pub mod conn;
 
-use super::{Applied, BoxFuture, QueuedAlert, Store, StoreError};
+use super::{Applied, BoxFuture, QueuedAlert, Store, StoreConfig, StoreError};
 use crate::alerts::AlertBody;
-use crate::machine::{self, Alert, IdentityState, Outage, Policy};
+use crate::machine::{self, Alert, IdentityState, Outage};
 use crate::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
 use client::{odata_string, BatchOp, Entity, TableClient, TableError};
 use std::collections::BTreeMap;
@@ -54,7 +54,7 @@ pub struct TableStore {
 
 struct Inner {
     client: TableClient,
-    policy: Policy,
+    cfg: StoreConfig,
 }
 
 fn table_err(e: TableError) -> StoreError {
@@ -63,10 +63,10 @@ fn table_err(e: TableError) -> StoreError {
 
 impl TableStore {
     /// Creates the table if it is missing and returns the store.
-    pub async fn open(client: TableClient, policy: Policy) -> Result<TableStore, StoreError> {
+    pub async fn open(client: TableClient, cfg: StoreConfig) -> Result<TableStore, StoreError> {
         client.create_table_if_missing().await.map_err(table_err)?;
         Ok(TableStore {
-            inner: Arc::new(Inner { client, policy }),
+            inner: Arc::new(Inner { client, cfg }),
         })
     }
 }
@@ -128,12 +128,13 @@ fn due_key(start: Timestamp, id: &Identity) -> String {
     )
 }
 
-fn outbox_key(alert: &Alert) -> String {
+fn outbox_key(alert: &Alert, channel: &str) -> String {
     format!(
-        "o|{:015}|{}|{}",
+        "o|{:015}|{}|{}|{}",
         alert.detected_at.unix_millis().max(0),
         alert.dedup_key,
-        alert.kind.as_str()
+        alert.kind.as_str(),
+        key_part(channel)
     )
 }
 
@@ -201,10 +202,19 @@ fn state_of(e: &Entity) -> IdentityState {
     }
 }
 
-fn outbox_entity(pk: &str, alert: &Alert) -> Result<Entity, StoreError> {
+/// The outbox entities of `alert`: one per channel, each delivered and retried on its own.
+fn outbox_ops(pk: &str, channels: &[String], alert: &Alert) -> Result<Vec<BatchOp>, StoreError> {
+    channels
+        .iter()
+        .map(|c| outbox_entity(pk, c, alert).map(BatchOp::Insert))
+        .collect()
+}
+
+fn outbox_entity(pk: &str, channel: &str, alert: &Alert) -> Result<Entity, StoreError> {
     let body = serde_json::to_string(&AlertBody::from(alert))
         .map_err(|e| StoreError::Unavailable(format!("cannot encode alert: {e}")))?;
-    let mut e = Entity::new(pk, &outbox_key(alert));
+    let mut e = Entity::new(pk, &outbox_key(alert, channel));
+    e.set_str("channel", channel);
     e.set_str("identity", &identity_key(&alert.identity));
     e.set_str("kind", alert.kind.as_str());
     e.set_str("dedupKey", &alert.dedup_key);
@@ -310,7 +320,7 @@ impl Inner {
                 _ => None,
             };
             let state = machine::with_device_deletion(&stored, device_deleted_at);
-            let t = machine::apply(&state, ev, received_at, &self.policy);
+            let t = machine::apply(&state, ev, received_at, &self.cfg.policy);
             if !t.outcome.changes_state() && t.alert.is_none() {
                 return Ok(Applied {
                     outcome: t.outcome,
@@ -339,7 +349,7 @@ impl Inner {
                 }
             }
             if let Some(alert) = &t.alert {
-                ops.push(BatchOp::Insert(outbox_entity(&pk, alert)?));
+                ops.extend(outbox_ops(&pk, &self.cfg.channels, alert)?);
             }
             if t.cancel_queued_alerts {
                 for q in self.withdrawable(&pk, id).await? {
@@ -455,7 +465,7 @@ impl Inner {
         now: Timestamp,
         limit: usize,
     ) -> Result<Vec<Alert>, StoreError> {
-        let cutoff = self.policy.due_cutoff(now).unix_millis().max(-1) + 1;
+        let cutoff = self.cfg.policy.due_cutoff(now).unix_millis().max(-1) + 1;
         let due = self
             .client
             .query(
@@ -496,7 +506,7 @@ impl Inner {
                 e.get_str("module"),
             );
             let state = state_of(&e);
-            let Some((next, alert)) = machine::claim_due(&id, &state, now, &self.policy) else {
+            let Some((next, alert)) = machine::claim_due(&id, &state, now, &self.cfg.policy) else {
                 // Another instance claimed it, or the outage moved: the index entity (if it is
                 // still there) is stale only if it no longer matches the state.
                 if state.pending_since().map(|s| due_key(s, &id)).as_deref() != Some(due_row) {
@@ -504,7 +514,7 @@ impl Inner {
                 }
                 return Ok(None);
             };
-            let ops = vec![
+            let mut ops = vec![
                 BatchOp::Replace {
                     entity: identity_entity(pk, &id, &next),
                     etag: e.etag.clone().unwrap_or_else(|| "*".into()),
@@ -513,8 +523,8 @@ impl Inner {
                     row_key: due_row.to_string(),
                     etag: "*".into(),
                 },
-                BatchOp::Insert(outbox_entity(pk, &alert)?),
             ];
+            ops.extend(outbox_ops(pk, &self.cfg.channels, &alert)?);
             match self.client.batch(pk, ops).await {
                 Ok(_) => return Ok(Some(alert)),
                 Err(e) if is_contention(&e) => continue,
@@ -524,20 +534,31 @@ impl Inner {
         Ok(None)
     }
 
-    async fn outbox(&self, pk: String) -> Result<Vec<Entity>, StoreError> {
+    async fn outbox(&self, pk: String, channel: String) -> Result<Vec<Entity>, StoreError> {
+        let filter = format!(
+            "{} and channel eq {}",
+            range_filter(&pk, "o|", "o}"),
+            odata_string(&channel)
+        );
         self.client
-            .query(&range_filter(&pk, "o|", "o}"), None, None)
+            .query(&filter, None, None)
             .await
             .map_err(table_err)
     }
 
-    /// Leases up to `limit` due alerts, oldest first across partitions.
+    /// Leases up to `limit` due alerts of `channel`, oldest first across partitions.
     async fn lease(
         self: &Arc<Self>,
+        channel: &str,
         now: Timestamp,
         limit: usize,
     ) -> Result<Vec<QueuedAlert>, StoreError> {
-        let mut all = per_shard(self, |me, pk| async move { me.outbox(pk).await }).await?;
+        let channel = channel.to_string();
+        let mut all = per_shard(self, move |me, pk| {
+            let channel = channel.clone();
+            async move { me.outbox(pk, channel).await }
+        })
+        .await?;
         // Oldest first: the row key starts with the time the alert was raised.
         all.sort_by(|a, b| a.row_key[2..].cmp(&b.row_key[2..]));
         let mut picked = Vec::new();
@@ -618,10 +639,12 @@ impl Store for TableStore {
 
     fn queued(
         &self,
+        channel: &str,
         now: Timestamp,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<QueuedAlert>, StoreError>> {
-        Box::pin(async move { self.inner.lease(now, limit).await })
+        let channel = channel.to_string();
+        Box::pin(async move { self.inner.lease(&channel, now, limit).await })
     }
 
     fn delivered(&self, ids: Vec<String>) -> BoxFuture<'_, Result<(), StoreError>> {
