@@ -45,7 +45,28 @@ use store::{sqlite::SqliteStore, Store, StoreConfig};
 pub fn channels(settings: &Settings) -> Notifier {
     let mut list: Vec<Box<dyn Channel>> = Vec::new();
     if let Some(url) = &settings.webhook_url {
-        list.push(Box::new(channels::webhook::Webhook::new(url.clone())));
+        list.push(Box::new(channels::webhook::Webhook::new(
+            url.clone(),
+            settings.group_threshold,
+        )));
+    }
+    if let Some(url) = &settings.teams_url {
+        list.push(Box::new(channels::teams::Teams::new(
+            url.clone(),
+            settings.group_threshold,
+        )));
+    }
+    if let Some(url) = &settings.slack_url {
+        list.push(Box::new(channels::slack::Slack::new(
+            url.clone(),
+            settings.group_threshold,
+        )));
+    }
+    if let Some(pd) = &settings.pagerduty {
+        list.push(Box::new(channels::pagerduty::PagerDuty::new(
+            pd.clone(),
+            settings.group_threshold,
+        )));
     }
     let queue = match settings.mode {
         Mode::Functions { .. } => {

@@ -51,14 +51,10 @@ async fn serve(settings: Settings) -> ExitCode {
         Mode::Standalone { .. } => "standalone Event Grid webhook",
     };
     connmon::log::info(format_args!(
-        "connmon {} listening on {addr} as {mode} (grace {}s, alert webhook {})",
+        "connmon {} listening on {addr} as {mode} (grace {}s, alert channels: {})",
         env!("CARGO_PKG_VERSION"),
         settings.grace.as_secs(),
-        if settings.webhook_url.is_some() {
-            "configured"
-        } else {
-            "not set: alerts go to the log only"
-        }
+        notifier.channel_names().join(", ")
     ));
     match connmon::run(settings, store, notifier, listener, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -57,9 +57,29 @@ impl<T> fmt::Debug for Secret<T> {
 pub struct Settings {
     pub mode: Mode,
     pub grace: Duration,
+    /// The generic webhook (design.md).
     pub webhook_url: Option<Secret<String>>,
+    /// A Microsoft Teams Workflows webhook ("When a Teams webhook request is received").
+    pub teams_url: Option<Secret<String>>,
+    /// A Slack incoming webhook.
+    pub slack_url: Option<Secret<String>>,
+    pub pagerduty: Option<PagerDutySettings>,
+    /// Identities of one hub alerting in one sweep from which people channels get one `outage`
+    /// summary instead of one message each.
+    pub group_threshold: usize,
     pub store: StoreKind,
 }
+
+/// PagerDuty Events API v2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PagerDutySettings {
+    pub routing_key: Secret<String>,
+    /// `https://events.pagerduty.com/v2/enqueue` unless overridden (tests point it elsewhere).
+    pub events_url: String,
+}
+
+/// PagerDuty's public Events API v2 endpoint.
+pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
 
 /// A setting that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,15 +138,61 @@ impl Settings {
             ));
         }
 
-        let webhook_url = match get("CONNMON_ALERT_WEBHOOK_URL") {
+        // Webhook URLs carry their credential (a token in the path or `sig=` in the query).
+        let secret_url = |name: &'static str| -> Result<Option<Secret<String>>, SettingsError> {
+            match get(name) {
+                None => Ok(None),
+                Some(v) => validate_url(&v)
+                    .map(|u| Some(Secret::new(u)))
+                    .map_err(|why| SettingsError {
+                        name,
+                        value: None,
+                        expected: why,
+                    }),
+            }
+        };
+        let webhook_url = secret_url("CONNMON_ALERT_WEBHOOK_URL")?;
+        let teams_url = secret_url("CONNMON_TEAMS_WEBHOOK_URL")?;
+        let slack_url = secret_url("CONNMON_SLACK_WEBHOOK_URL")?;
+        let pagerduty = match get("CONNMON_PAGERDUTY_ROUTING_KEY") {
             None => None,
-            Some(v) => Some(Secret::new(validate_url(&v).map_err(|why| {
-                SettingsError {
-                    name: "CONNMON_ALERT_WEBHOOK_URL",
-                    value: None,
-                    expected: why,
+            Some(key) => {
+                let key = key.trim().to_string();
+                if key.len() != 32 || !key.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                    return Err(SettingsError {
+                        name: "CONNMON_PAGERDUTY_ROUTING_KEY",
+                        value: None,
+                        expected: "expected a PagerDuty Events API v2 integration (routing) key: 32 letters and digits".into(),
+                    });
                 }
-            })?)),
+                let events_url = match get("CONNMON_PAGERDUTY_EVENTS_URL") {
+                    None => PAGERDUTY_EVENTS_URL.to_string(),
+                    Some(v) => validate_url(&v).map_err(|why| SettingsError {
+                        name: "CONNMON_PAGERDUTY_EVENTS_URL",
+                        value: Some(v.clone()),
+                        expected: why,
+                    })?,
+                };
+                Some(PagerDutySettings {
+                    routing_key: Secret::new(key),
+                    events_url,
+                })
+            }
+        };
+        let group_threshold = match get("CONNMON_GROUP_THRESHOLD") {
+            None => 20,
+            Some(v) => v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n >= 2)
+                .ok_or_else(|| {
+                    bad(
+                        "CONNMON_GROUP_THRESHOLD",
+                        &v,
+                        "expected a whole number of identities, 2 or more",
+                    )
+                })?,
         };
 
         let store = match get("CONNMON_STORE").as_deref().map(str::trim) {
@@ -197,6 +263,10 @@ impl Settings {
             mode,
             grace,
             webhook_url,
+            teams_url,
+            slack_url,
+            pagerduty,
+            group_threshold,
             store,
         })
     }

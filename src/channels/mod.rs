@@ -12,7 +12,11 @@
 //! | `queue` | `queue.rs` | the timer invocation's `Outputs` for a declared queue binding |
 //! | `log` | here | nothing: alerts are logged when raised; used when no other channel is set |
 
+pub mod grouping;
+pub mod pagerduty;
 pub mod queue;
+pub mod slack;
+pub mod teams;
 pub mod webhook;
 
 use crate::alerts::AlertBody;

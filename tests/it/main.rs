@@ -12,6 +12,7 @@ mod store;
 mod table_client;
 
 mod alert_webhook;
+mod channels;
 mod host;
 mod multi_instance;
 mod restart;

@@ -1,0 +1,33 @@
+//! (being written) the Slack channel.
+
+use super::{http_client, Channel, Failure};
+use crate::alerts::AlertBody;
+use crate::settings::Secret;
+use crate::store::BoxFuture;
+
+pub struct Slack {
+    url: Secret<String>,
+    client: reqwest::Client,
+    group_threshold: usize,
+}
+
+impl Slack {
+    pub fn new(url: Secret<String>, group_threshold: usize) -> Slack {
+        Slack {
+            url,
+            client: http_client(),
+            group_threshold,
+        }
+    }
+}
+
+impl Channel for Slack {
+    fn name(&self) -> &'static str {
+        "slack"
+    }
+
+    fn send<'a>(&'a self, _alerts: &'a [AlertBody]) -> BoxFuture<'a, Result<(), Failure>> {
+        let _ = (&self.url, &self.client, self.group_threshold);
+        Box::pin(async { Err(Failure::Rejected("not implemented yet".into())) })
+    }
+}
