@@ -29,14 +29,14 @@ pub mod server;
 pub mod settings;
 pub mod store;
 
+use channels::queue::QueueOutput;
+use channels::{Channel, Notifier};
 use machine::Policy;
 use monitor::Monitor;
 use settings::{Mode, Settings, StoreKind};
 use std::future::Future;
 use std::sync::Arc;
 use store::table::{client::TableClient, TableStore};
-use channels::queue::QueueOutput;
-use channels::{Channel, Notifier};
 use store::{sqlite::SqliteStore, Store, StoreConfig};
 
 /// The channels the settings configure, and the queue output when the timer function declares

@@ -165,7 +165,10 @@ async fn disconnect_timer(
     let mut outputs = serde_json::Map::new();
     if let Some(binding) = m.queue_binding() {
         // A collector binding takes an array: one queue message per alert object.
-        outputs.insert(binding.to_string(), Value::Array(report.delivery.outputs.clone()));
+        outputs.insert(
+            binding.to_string(),
+            Value::Array(report.delivery.outputs.clone()),
+        );
     }
     Ok(host_response_with(outputs, report.log_lines(m.policy())))
 }

@@ -26,7 +26,9 @@ impl Notice<'_> {
     pub fn kind(&self) -> &str {
         match self {
             Notice::Single(a) => &a.kind,
-            Notice::Outage { resolved: false, .. } => "outage",
+            Notice::Outage {
+                resolved: false, ..
+            } => "outage",
             Notice::Outage { resolved: true, .. } => "outage_resolved",
         }
     }

@@ -202,7 +202,10 @@ pub struct Notifier {
 impl Notifier {
     /// `channels` must match the names the store queues alerts under. The queue output, if any, is
     /// also among `channels` (as `queue`).
-    pub fn new(channels: Vec<Box<dyn Channel>>, queue: Option<Arc<queue::QueueOutput>>) -> Notifier {
+    pub fn new(
+        channels: Vec<Box<dyn Channel>>,
+        queue: Option<Arc<queue::QueueOutput>>,
+    ) -> Notifier {
         Notifier {
             slots: channels
                 .into_iter()
@@ -272,7 +275,11 @@ impl Notifier {
 }
 
 /// One channel's pass: batches oldest first until its queue is empty or a send fails.
-async fn drain(slot: &Slot, store: &dyn Store, now: Timestamp) -> Result<DeliveryReport, StoreError> {
+async fn drain(
+    slot: &Slot,
+    store: &dyn Store,
+    now: Timestamp,
+) -> Result<DeliveryReport, StoreError> {
     let ch = slot.channel.as_ref();
     let mut report = DeliveryReport::default();
     loop {
@@ -289,7 +296,13 @@ async fn drain(slot: &Slot, store: &dyn Store, now: Timestamp) -> Result<Deliver
             Ok(()) => {
                 report.delivered += ids.len();
                 store.delivered(ids).await?;
-                if slot.last_problem.lock().expect("not poisoned").take().is_some() {
+                if slot
+                    .last_problem
+                    .lock()
+                    .expect("not poisoned")
+                    .take()
+                    .is_some()
+                {
                     log::info(format_args!("alert channel {} delivers again", ch.name()));
                 }
             }

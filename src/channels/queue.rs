@@ -59,7 +59,8 @@ impl Channel for QueueChannel {
         Box::pin(async move {
             let mut pending = self.0.pending.lock().expect("not poisoned");
             for a in alerts {
-                pending.push(serde_json::to_value(a).map_err(|e| Failure::Rejected(e.to_string()))?);
+                pending
+                    .push(serde_json::to_value(a).map_err(|e| Failure::Rejected(e.to_string()))?);
             }
             Ok(())
         })

@@ -204,7 +204,10 @@ fn a_failing_receiver_gets_every_alert_once_in_order_after_it_recovers() {
     cm.event(&disconnected("flaky-b", 1, &ago(500)));
     let s = cm.sweep();
     assert_eq!((s.new_alerts, s.delivered, s.queued), (2, 0, 2), "{s:?}");
-    assert!(s.logs[0].contains("delivery failing: webhook: HTTP 500"), "{s:?}");
+    assert!(
+        s.logs[0].contains("delivery failing: webhook: HTTP 500"),
+        "{s:?}"
+    );
     let failed_at = Instant::now();
 
     // Raised while the first two back off: waits behind them.
@@ -250,7 +253,9 @@ fn a_failing_receiver_gets_every_alert_once_in_order_after_it_recovers() {
     assert_eq!(rx.requests().len(), 2, "nothing sent twice");
     let stderr = cm.stderr();
     assert_eq!(
-        stderr.matches("alert channel webhook delivery failed").count(),
+        stderr
+            .matches("alert channel webhook delivery failed")
+            .count(),
         1,
         "{stderr}"
     );

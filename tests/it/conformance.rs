@@ -296,7 +296,11 @@ async fn claims_survive_a_restart_and_big_outages_are_claimed_in_full(b: Backend
     assert_eq!(total, 120);
     let s2 = b.open().await;
     assert!(claim_all(&*s2, 2000).await.is_empty());
-    assert_eq!(s2.queue_len().await.unwrap(), 240, "one delivery per alert and channel");
+    assert_eq!(
+        s2.queue_len().await.unwrap(),
+        240,
+        "one delivery per alert and channel"
+    );
 }
 
 async fn concurrent_deliveries_equal_sequence_number_order(b: Backend) {
@@ -400,7 +404,11 @@ async fn an_alert_handed_out_but_never_confirmed_is_handed_out_again(b: Backend)
         "still queued after the first taker vanished"
     );
     s2.delivered(vec![later[0].id.clone()]).await.unwrap();
-    assert_eq!(s2.queue_len().await.unwrap(), 1, "the teams delivery still waits");
+    assert_eq!(
+        s2.queue_len().await.unwrap(),
+        1,
+        "the teams delivery still waits"
+    );
 }
 
 async fn every_allowed_id_character_and_case_round_trips(b: Backend) {
