@@ -13,6 +13,7 @@
 //! - [`store`]: the `Store` trait and its SQLite implementation (group commit, conditional writes).
 //! - [`alerts`]: the alert wire body and the log line.
 //! - [`channels`]: the `Channel` trait, each channel, and the `Notifier` draining the outbox.
+//! - [`scope`]: glob patterns, include/exclude scope, per-pattern grace periods, silences.
 //! - [`monitor`]: the service tying decode → store → alerts together; counters; sweeps.
 //! - [`server`]: the axum router and its status codes.
 //! - [`settings`]: environment → validated `Settings`.
@@ -25,13 +26,13 @@ pub mod log;
 pub mod machine;
 pub mod model;
 pub mod monitor;
+pub mod scope;
 pub mod server;
 pub mod settings;
 pub mod store;
 
 use channels::queue::QueueOutput;
 use channels::{Channel, Notifier};
-use machine::Policy;
 use monitor::Monitor;
 use settings::{Mode, Settings, StoreKind};
 use std::future::Future;
@@ -91,9 +92,7 @@ pub async fn open_store(
     channels: Vec<String>,
 ) -> Result<Arc<dyn Store>, String> {
     let cfg = StoreConfig {
-        policy: Policy {
-            grace: settings.grace,
-        },
+        policy: settings.policy(),
         channels,
     };
     match &settings.store {
@@ -119,9 +118,7 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let policy = Policy {
-        grace: settings.grace,
-    };
+    let policy = settings.policy();
     let monitor = Arc::new(Monitor::new(store, notifier, policy));
     let ticker = match settings.mode {
         Mode::Standalone { sweep_interval, .. } => {

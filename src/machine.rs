@@ -5,29 +5,60 @@
 //! parameter, so every rule is tested table-driven in `tests` below and by `tests/it/core.rs`.
 
 use crate::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
+use crate::scope::{GraceOverride, Scope, Silence};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
 /// What the machine needs to know besides the events: how long a disconnect may last before it
-/// alerts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// alerts (by default, or per pattern), which identities are watched, and which are silenced.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
+    /// The default grace period (`CONNMON_GRACE_PERIOD`).
     pub grace: Duration,
+    /// Per-pattern grace periods; the first matching pattern wins.
+    pub grace_overrides: Vec<GraceOverride>,
+    /// Identities outside it are not tracked at all.
+    pub scope: Scope,
+    /// While a silence mutes an identity its outage is not claimed; it is once the silence ends.
+    pub silences: Vec<Silence>,
 }
 
 impl Policy {
-    fn grace_ms(&self) -> i64 {
-        i64::try_from(self.grace.as_millis()).unwrap_or(i64::MAX)
+    /// A policy with a default grace and nothing else.
+    pub fn new(grace: Duration) -> Policy {
+        Policy {
+            grace,
+            grace_overrides: Vec::new(),
+            scope: Scope::default(),
+            silences: Vec::new(),
+        }
     }
 
+    /// The default grace in whole seconds (for summaries).
     pub fn grace_seconds(&self) -> i64 {
         self.grace.as_secs() as i64
     }
 
-    /// Outages that started at or before this instant are due at `now`.
-    pub fn due_cutoff(&self, now: Timestamp) -> Timestamp {
-        now.plus_millis(-self.grace_ms())
+    /// The grace period that applies to `id`.
+    pub fn grace_for(&self, id: &Identity) -> Duration {
+        self.grace_overrides
+            .iter()
+            .find(|o| o.pattern.matches(id))
+            .map_or(self.grace, |o| o.grace)
     }
+
+    /// The latest silence muting `id` at `now`, if any.
+    pub fn silenced_until(&self, id: &Identity, now: Timestamp) -> Option<Timestamp> {
+        self.silences
+            .iter()
+            .filter(|s| s.mutes(id, now))
+            .map(|s| s.until)
+            .max()
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// An open outage: the identity was last seen disconnecting at `started_at`.
@@ -39,6 +70,9 @@ pub struct Outage {
     pub seq: SequenceNumber,
     /// When the `disconnected` alert was claimed; `None` while the outage is still within its grace.
     pub alerted_at: Option<Timestamp>,
+    /// When the sweep should look at it: start + the identity's grace when it opened, moved to the
+    /// end of a silence that muted it. Meaningful only while no alert is claimed.
+    pub due_at: Timestamp,
 }
 
 /// Everything kept about one identity. `Default` is "never heard of".
@@ -56,11 +90,12 @@ pub struct IdentityState {
 }
 
 impl IdentityState {
-    /// The instant this identity's outage becomes eligible for the sweep index, if it is pending.
-    pub fn pending_since(&self) -> Option<Timestamp> {
+    /// When this identity's pending outage is due for the sweep, if one is pending: the value the
+    /// stores index.
+    pub fn due_at(&self) -> Option<Timestamp> {
         self.outage
             .filter(|o| o.alerted_at.is_none())
-            .map(|o| o.started_at)
+            .map(|o| o.due_at)
     }
 }
 
@@ -200,19 +235,11 @@ pub fn apply(
             next.connected = Some(false);
             match state.outage {
                 None => {
-                    next.outage = Some(Outage {
-                        started_at: at,
-                        seq,
-                        alerted_at: None,
-                    });
+                    next.outage = Some(open_outage(&event.identity, at, seq, policy));
                     Outcome::Opened
                 }
                 Some(o) if o.alerted_at.is_none() => {
-                    next.outage = Some(Outage {
-                        started_at: at,
-                        seq,
-                        alerted_at: None,
-                    });
+                    next.outage = Some(open_outage(&event.identity, at, seq, policy));
                     Outcome::Restarted
                 }
                 Some(_) => Outcome::Continued,
@@ -232,7 +259,7 @@ pub fn apply(
                         disconnected_at: o.started_at,
                         reconnected_at: Some(at),
                         downtime_seconds: at.seconds_since(o.started_at),
-                        grace_period_seconds: policy.grace_seconds(),
+                        grace_period_seconds: policy.grace_for(&event.identity).as_secs() as i64,
                         detected_at: received_at,
                     });
                     Outcome::Reconnected
@@ -246,6 +273,15 @@ pub fn apply(
         outcome,
         alert,
         cancel_queued_alerts: false,
+    }
+}
+
+fn open_outage(id: &Identity, at: Timestamp, seq: SequenceNumber, policy: &Policy) -> Outage {
+    Outage {
+        started_at: at,
+        seq,
+        alerted_at: None,
+        due_at: at.plus_millis(millis(policy.grace_for(id))),
     }
 }
 
@@ -291,18 +327,42 @@ pub fn with_device_deletion(
     }
 }
 
-/// At sweep time `now`: if the identity's outage has lasted the grace period and has no alert yet,
-/// claims it — returns the state with the alert recorded and the `disconnected` alert (rule 6).
+/// What the sweep does with one pending identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Not due (or nothing pending): leave it.
+    NotDue,
+    /// Due but silenced: move its due time to the end of the silence (the new state), no alert.
+    Snooze(IdentityState),
+    /// Due: the state with the alert recorded, and the `disconnected` alert (rule 6).
+    Alert(IdentityState, Alert),
+}
+
+/// At sweep time `now`: claims the identity's outage if it has lasted its grace period, has no
+/// alert yet and is not silenced.
 pub fn claim_due(
     identity: &Identity,
     state: &IdentityState,
     now: Timestamp,
     policy: &Policy,
-) -> Option<(IdentityState, Alert)> {
-    let outage = state.outage?;
-    if outage.alerted_at.is_some() || outage.started_at > policy.due_cutoff(now) {
-        return None;
+) -> Claim {
+    let Some(outage) = state.outage else {
+        return Claim::NotDue;
+    };
+    if outage.alerted_at.is_some() || outage.due_at > now {
+        return Claim::NotDue;
     }
+    if let Some(until) = policy.silenced_until(identity, now) {
+        let next = IdentityState {
+            outage: Some(Outage {
+                due_at: until,
+                ..outage
+            }),
+            ..state.clone()
+        };
+        return Claim::Snooze(next);
+    }
+    let grace = policy.grace_for(identity);
     let alert = Alert {
         kind: AlertKind::Disconnected,
         dedup_key: dedup_key(identity, &outage.seq),
@@ -310,7 +370,7 @@ pub fn claim_due(
         disconnected_at: outage.started_at,
         reconnected_at: None,
         downtime_seconds: now.seconds_since(outage.started_at),
-        grace_period_seconds: policy.grace_seconds(),
+        grace_period_seconds: grace.as_secs() as i64,
         detected_at: now,
     };
     let next = IdentityState {
@@ -320,7 +380,7 @@ pub fn claim_due(
         }),
         ..state.clone()
     };
-    Some((next, alert))
+    Claim::Alert(next, alert)
 }
 
 /// Names one outage: the same for its `disconnected` and `reconnected` alerts, on every retry and

@@ -23,6 +23,7 @@ pub struct Counters {
     pub duplicates: AtomicU64,
     pub stale: AtomicU64,
     pub ignored: AtomicU64,
+    pub out_of_scope: AtomicU64,
     pub rejected: AtomicU64,
     pub alerts_raised: AtomicU64,
     pub alerts_delivered: AtomicU64,
@@ -41,6 +42,7 @@ impl Counters {
             "duplicates": g(&self.duplicates),
             "stale": g(&self.stale),
             "ignored": g(&self.ignored),
+            "outOfScope": g(&self.out_of_scope),
             "rejected": g(&self.rejected),
             "alertsRaised": g(&self.alerts_raised),
             "alertsDelivered": g(&self.alerts_delivered),
@@ -55,6 +57,8 @@ pub struct IngestReport {
     pub outcomes: Vec<Outcome>,
     pub alerts: Vec<Alert>,
     pub ignored: usize,
+    /// Events about identities outside `CONNMON_INCLUDE` / `CONNMON_EXCLUDE`.
+    pub out_of_scope: usize,
     /// Reasons of events that could not be understood (already logged).
     pub rejected: Vec<String>,
     /// Codes of `SubscriptionValidationEvent`s found in the delivery.
@@ -73,10 +77,11 @@ impl IngestReport {
         }
         let detail: Vec<String> = counts.iter().map(|(k, n)| format!("{k}={n}")).collect();
         format!(
-            "connmon: {} event(s) applied [{}], {} ignored, {} rejected",
+            "connmon: {} event(s) applied [{}], {} ignored, {} out of scope, {} rejected",
             self.outcomes.len(),
             detail.join(" "),
             self.ignored,
+            self.out_of_scope,
             self.rejected.len()
         )
     }
@@ -162,6 +167,10 @@ impl Monitor {
         let mut events = Vec::new();
         for item in items {
             match item {
+                // Out of scope: acknowledged and not tracked (`CONNMON_INCLUDE` / `EXCLUDE`).
+                Decoded::Event(e) if !self.policy.scope.contains(&e.identity) => {
+                    report.out_of_scope += 1
+                }
                 Decoded::Event(e) => events.push(e),
                 Decoded::Validation { code } => report.validation_codes.push(code),
                 Decoded::Ignored { .. } => report.ignored += 1,
@@ -177,6 +186,7 @@ impl Monitor {
             }
         }
         Counters::add(&self.counters.ignored, report.ignored);
+        Counters::add(&self.counters.out_of_scope, report.out_of_scope);
         Counters::add(&self.counters.rejected, report.rejected.len());
         if events.is_empty() {
             return Ok(report);

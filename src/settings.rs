@@ -2,6 +2,9 @@
 //! stages — raw strings, then a validated [`Settings`]. Every error names the setting, the value
 //! (unless it is a secret) and the accepted forms; `main` prints it and exits with code 2.
 
+use crate::machine::Policy;
+use crate::model::Timestamp;
+use crate::scope::{GraceOverride, Pattern, Scope, Silence};
 use crate::store::table::conn::TableEndpoint;
 use std::fmt;
 use std::net::SocketAddr;
@@ -67,7 +70,25 @@ pub struct Settings {
     /// Identities of one hub alerting in one sweep from which people channels get one `outage`
     /// summary instead of one message each.
     pub group_threshold: usize,
+    /// `CONNMON_INCLUDE` / `CONNMON_EXCLUDE`.
+    pub scope: Scope,
+    /// `CONNMON_GRACE_OVERRIDES`, in the order given (the first match wins).
+    pub grace_overrides: Vec<GraceOverride>,
+    /// `CONNMON_SILENCES`.
+    pub silences: Vec<Silence>,
     pub store: StoreKind,
+}
+
+impl Settings {
+    /// The state machine's policy these settings describe.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            grace: self.grace,
+            grace_overrides: self.grace_overrides.clone(),
+            scope: self.scope.clone(),
+            silences: self.silences.clone(),
+        }
+    }
 }
 
 /// PagerDuty Events API v2.
@@ -105,6 +126,9 @@ impl fmt::Display for SettingsError {
 
 impl std::error::Error for SettingsError {}
 
+/// The longest grace period accepted (default or per pattern).
+const MAX_GRACE: Duration = Duration::from_secs(30 * 86_400);
+
 const DURATION_FORMS: &str =
     "expected a duration such as 90s, 5m, 1h30m, 2d, plain seconds (300) or a .NET TimeSpan (00:05:00)";
 
@@ -130,7 +154,7 @@ impl Settings {
                 parse_duration(&v).ok_or_else(|| bad("CONNMON_GRACE_PERIOD", &v, DURATION_FORMS))?
             }
         };
-        if grace > Duration::from_secs(30 * 86_400) {
+        if grace > MAX_GRACE {
             return Err(bad(
                 "CONNMON_GRACE_PERIOD",
                 &get("CONNMON_GRACE_PERIOD").unwrap_or_default(),
@@ -193,6 +217,60 @@ impl Settings {
                         "expected a whole number of identities, 2 or more",
                     )
                 })?,
+        };
+
+        let patterns = |name: &'static str| -> Vec<Pattern> {
+            get(name)
+                .map(|v| v.split(',').filter_map(Pattern::new).collect())
+                .unwrap_or_default()
+        };
+        let scope = Scope {
+            include: patterns("CONNMON_INCLUDE"),
+            exclude: patterns("CONNMON_EXCLUDE"),
+        };
+        let grace_overrides = match get("CONNMON_GRACE_OVERRIDES") {
+            None => Vec::new(),
+            Some(v) => v
+                .split(',')
+                .filter(|item| !item.trim().is_empty())
+                .map(|item| {
+                    let parsed = item.rsplit_once('=').and_then(|(glob, d)| {
+                        Some(GraceOverride {
+                            pattern: Pattern::new(glob)?,
+                            grace: parse_duration(d).filter(|d| *d <= MAX_GRACE)?,
+                        })
+                    });
+                    parsed.ok_or_else(|| {
+                        bad(
+                            "CONNMON_GRACE_OVERRIDES",
+                            item.trim(),
+                            &format!("expected comma-separated glob=duration items such as `pump-*=15m,*/$edgeAgent=1h` ({DURATION_FORMS}, at most 30 days)"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let silences = match get("CONNMON_SILENCES") {
+            None => Vec::new(),
+            Some(v) => v
+                .split(',')
+                .filter(|item| !item.trim().is_empty())
+                .map(|item| {
+                    let parsed = item.rsplit_once('@').and_then(|(glob, until)| {
+                        Some(Silence {
+                            pattern: Pattern::new(glob)?,
+                            until: Timestamp::parse_rfc3339(until)?,
+                        })
+                    });
+                    parsed.ok_or_else(|| {
+                        bad(
+                            "CONNMON_SILENCES",
+                            item.trim(),
+                            "expected comma-separated glob@until items such as `site-7-*@2026-12-01T06:00:00Z` (until in RFC 3339)",
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
         };
 
         let store = match get("CONNMON_STORE").as_deref().map(str::trim) {
@@ -267,6 +345,9 @@ impl Settings {
             slack_url,
             pagerduty,
             group_threshold,
+            scope,
+            grace_overrides,
+            silences,
             store,
         })
     }

@@ -12,7 +12,7 @@
 
 use super::{Applied, BoxFuture, QueuedAlert, Store, StoreConfig, StoreError};
 use crate::alerts::AlertBody;
-use crate::machine::{self, Alert, IdentityState, Outage};
+use crate::machine::{self, Alert, Claim, IdentityState, Outage};
 use crate::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
@@ -36,12 +36,12 @@ CREATE TABLE IF NOT EXISTS identities (
     outage_start  INTEGER,
     outage_seq    BLOB,
     alerted_at    INTEGER,
-    pending_since INTEGER,            -- outage_start while no alert is claimed; the sweep index
+    due_at        INTEGER,            -- while no alert is claimed: when the sweep looks (the index)
     deleted_at    INTEGER,
     PRIMARY KEY (hub, device, module)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS identities_pending ON identities(pending_since)
-    WHERE pending_since IS NOT NULL;
+CREATE INDEX IF NOT EXISTS identities_due ON identities(due_at)
+    WHERE due_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS identities_tombstones ON identities(deleted_at)
     WHERE last_seq IS NULL AND deleted_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS outbox (
@@ -62,13 +62,13 @@ CREATE INDEX IF NOT EXISTS outbox_channel ON outbox(channel, id);
 CREATE INDEX IF NOT EXISTS outbox_identity ON outbox(hub, device, module);
 ";
 
-/// The sweep's only read: outages still pending whose start is at or before `?1` (now − grace),
-/// through the partial index `identities_pending`, so its cost follows what is due, not the fleet.
+/// The sweep's only read: outages still pending whose due time is at or before `?1` (now), through
+/// the partial index `identities_due`, so its cost follows what is due, not the fleet.
 pub const CLAIM_DUE_SQL: &str =
     "SELECT version, last_seq, last_event_at, connected, outage_start, outage_seq,
-            alerted_at, deleted_at, hub, device, module
-     FROM identities WHERE pending_since IS NOT NULL AND pending_since <= ?1
-     ORDER BY pending_since LIMIT ?2";
+            alerted_at, deleted_at, due_at, hub, device, module
+     FROM identities WHERE due_at IS NOT NULL AND due_at <= ?1
+     ORDER BY due_at LIMIT ?2";
 
 enum Command {
     Apply {
@@ -406,7 +406,7 @@ fn load(tx: &rusqlite::Transaction<'_>, id: &Identity) -> Result<Row, StoreError
     let mut stmt = tx
         .prepare_cached(
             "SELECT version, last_seq, last_event_at, connected, outage_start, outage_seq,
-                    alerted_at, deleted_at
+                    alerted_at, deleted_at, due_at
              FROM identities WHERE hub = ?1 AND device = ?2 AND module = ?3",
         )
         .map_err(db_err)?;
@@ -427,7 +427,7 @@ fn load(tx: &rusqlite::Transaction<'_>, id: &Identity) -> Result<Row, StoreError
 }
 
 /// Maps columns `version, last_seq, last_event_at, connected, outage_start, outage_seq, alerted_at,
-/// deleted_at` (in that order) to a state.
+/// deleted_at, due_at` (in that order) to a state.
 fn row_to_state(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, IdentityState)> {
     let ts = |v: Option<i64>| v.map(Timestamp::from_unix_millis);
     let outage_start: Option<i64> = r.get(4)?;
@@ -437,6 +437,8 @@ fn row_to_state(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, IdentityState)>
             started_at: Timestamp::from_unix_millis(start),
             seq,
             alerted_at: ts(r.get(6)?),
+            // NULL once the alert is claimed, when it no longer matters.
+            due_at: ts(r.get(8)?).unwrap_or(Timestamp::from_unix_millis(start)),
         }),
         _ => None,
     };
@@ -477,7 +479,7 @@ fn save(
         outage.map(|o| o.started_at.unix_millis()),
         outage_seq,
         ms(outage.and_then(|o| o.alerted_at)),
-        ms(state.pending_since()),
+        ms(state.due_at()),
         ms(state.deleted_at),
         version,
     ];
@@ -485,7 +487,7 @@ fn save(
         None => tx
             .prepare_cached(
                 "INSERT INTO identities (hub, device, module, version, last_seq, last_event_at,
-                    connected, outage_start, outage_seq, alerted_at, pending_since, deleted_at)
+                    connected, outage_start, outage_seq, alerted_at, due_at, deleted_at)
                  SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12 WHERE ?13 IS NULL
                  ON CONFLICT DO NOTHING",
             )
@@ -494,7 +496,7 @@ fn save(
             .prepare_cached(
                 "UPDATE identities SET version = ?4, last_seq = ?5, last_event_at = ?6,
                     connected = ?7, outage_start = ?8, outage_seq = ?9, alerted_at = ?10,
-                    pending_since = ?11, deleted_at = ?12
+                    due_at = ?11, deleted_at = ?12
                  WHERE hub = ?1 AND device = ?2 AND module = ?3 AND version = ?13",
             )
             .and_then(|mut s| s.execute(values)),
@@ -638,29 +640,44 @@ fn claim_due(
     now: Timestamp,
     limit: usize,
 ) -> Result<Vec<Alert>, StoreError> {
-    let cutoff = cfg.policy.due_cutoff(now).unix_millis();
-    let rows: Vec<(Identity, i64, IdentityState)> = {
-        let mut stmt = tx.prepare_cached(CLAIM_DUE_SQL).map_err(db_err)?;
-        let mapped = stmt
-            .query_map(params![cutoff, limit as i64], |r| {
-                let (version, state) = row_to_state(r)?;
-                let module: String = r.get(10)?;
-                let id = Identity::new(
-                    &r.get::<_, String>(8)?,
-                    &r.get::<_, String>(9)?,
-                    Some(module.as_str()),
-                );
-                Ok((id, version, state))
-            })
-            .map_err(db_err)?;
-        mapped.collect::<Result<_, _>>().map_err(db_err)?
-    };
-    let mut alerts = Vec::with_capacity(rows.len());
-    for (id, version, state) in rows {
-        if let Some((next, alert)) = machine::claim_due(&id, &state, now, &cfg.policy) {
-            save(tx, &id, &next, Some(version))?;
-            enqueue(tx, &cfg.channels, &alert)?;
-            alerts.push(alert);
+    let mut alerts = Vec::new();
+    // Silenced outages are snoozed (their due time moves past the silence) and so leave the range:
+    // scan again until `limit` alerts are claimed or nothing due is left.
+    loop {
+        let rows: Vec<(Identity, i64, IdentityState)> = {
+            let mut stmt = tx.prepare_cached(CLAIM_DUE_SQL).map_err(db_err)?;
+            let mapped = stmt
+                .query_map(params![now.unix_millis(), limit as i64], |r| {
+                    let (version, state) = row_to_state(r)?;
+                    let module: String = r.get(11)?;
+                    let id = Identity::new(
+                        &r.get::<_, String>(9)?,
+                        &r.get::<_, String>(10)?,
+                        Some(module.as_str()),
+                    );
+                    Ok((id, version, state))
+                })
+                .map_err(db_err)?;
+            mapped.collect::<Result<_, _>>().map_err(db_err)?
+        };
+        let scanned = rows.len();
+        let mut snoozed = 0;
+        for (id, version, state) in rows {
+            match machine::claim_due(&id, &state, now, &cfg.policy) {
+                Claim::Alert(next, alert) => {
+                    save(tx, &id, &next, Some(version))?;
+                    enqueue(tx, &cfg.channels, &alert)?;
+                    alerts.push(alert);
+                }
+                Claim::Snooze(next) => {
+                    save(tx, &id, &next, Some(version))?;
+                    snoozed += 1;
+                }
+                Claim::NotDue => {}
+            }
+        }
+        if scanned < limit || alerts.len() >= limit || snoozed == 0 {
+            break;
         }
     }
     // Old tombstones go in the same pass; the partial index keeps this cheap.

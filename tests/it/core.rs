@@ -1,7 +1,7 @@
 //! The pure core, table-driven: every rule of design.md as a script of events and sweeps over one
 //! or more identities, checked against the transcript it must produce. No I/O, no clock.
 
-use connmon::machine::{apply, claim_due, dedup_key, IdentityState, Outcome, Policy};
+use connmon::machine::{apply, claim_due, dedup_key, Claim, IdentityState, Outcome, Policy};
 use connmon::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -38,9 +38,11 @@ enum S {
 /// Runs a script against an in-memory map of states and returns a transcript: one line per event
 /// outcome (`d1 opened`) and one per alert (`ALERT disconnected d1 from=0 down=300`).
 fn run(steps: &[S]) -> Vec<String> {
-    let policy = Policy {
-        grace: Duration::from_secs(GRACE),
-    };
+    run_with(&Policy::new(Duration::from_secs(GRACE)), steps)
+}
+
+/// [`run`] under a given policy (grace overrides, silences).
+fn run_with(policy: &Policy, steps: &[S]) -> Vec<String> {
     let mut states: BTreeMap<Identity, IdentityState> = BTreeMap::new();
     let mut out = Vec::new();
     let name = |id: &Identity| match id.module() {
@@ -117,15 +119,26 @@ fn run(steps: &[S]) -> Vec<String> {
             ),
             S::Sweep(s) => {
                 for (id, state) in states.iter_mut() {
-                    if let Some((next, a)) = claim_due(id, state, at(s), &policy) {
-                        out.push(format!(
-                            "ALERT {} {} from={} down={}",
-                            a.kind.as_str(),
-                            name(id),
-                            secs(a.disconnected_at),
-                            a.downtime_seconds
-                        ));
-                        *state = next;
+                    match claim_due(id, state, at(s), policy) {
+                        Claim::Alert(next, a) => {
+                            out.push(format!(
+                                "ALERT {} {} from={} down={}",
+                                a.kind.as_str(),
+                                name(id),
+                                secs(a.disconnected_at),
+                                a.downtime_seconds
+                            ));
+                            *state = next;
+                        }
+                        Claim::Snooze(next) => {
+                            out.push(format!(
+                                "snoozed {} until={}",
+                                name(id),
+                                secs(next.due_at().unwrap())
+                            ));
+                            *state = next;
+                        }
+                        Claim::NotDue => {}
                     }
                 }
             }
@@ -495,9 +508,7 @@ fn deleting_after_the_alert_sends_no_reconnected() {
 
 #[test]
 fn delete_sets_the_cancel_flag_only_when_it_deletes() {
-    let policy = Policy {
-        grace: Duration::from_secs(GRACE),
-    };
+    let policy = Policy::new(Duration::from_secs(GRACE));
     let d = dev("d1");
     let ev = |kind, t| ConnectionEvent {
         identity: d.clone(),
@@ -510,7 +521,7 @@ fn delete_sets_the_cancel_flag_only_when_it_deletes() {
     let t2 = apply(&t1.state, &ev(EventKind::Deleted, 10), at(11), &policy);
     assert!(t2.cancel_queued_alerts);
     assert_eq!(t2.state.outage, None);
-    assert_eq!(t2.state.pending_since(), None);
+    assert_eq!(t2.state.due_at(), None);
     let t3 = apply(&t2.state, &ev(EventKind::Deleted, 10), at(12), &policy);
     assert!(!t3.cancel_queued_alerts);
 }
@@ -601,4 +612,149 @@ fn sequence_number_rejects_bad_input_with_a_reason() {
     }
     let s = "000000000000000001D4132452F67CE200000002000000000000000000000001";
     assert_eq!(SequenceNumber::parse(s).unwrap().to_hex(), s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scope, per-pattern grace periods and silences
+
+use connmon::scope::{GraceOverride, Pattern, Scope, Silence};
+
+fn pat(g: &str) -> Pattern {
+    Pattern::new(g).unwrap()
+}
+
+#[test]
+fn patterns_match_device_or_device_slash_module() {
+    let dev = Identity::new("h", "pump-7", None);
+    let module = Identity::new("h", "pump-7", Some("$edgeAgent"));
+    let cases = [
+        ("pump-*", true, false),
+        ("pump-*/*", false, true),
+        ("*/$edgeAgent", false, true),
+        ("pump-?", true, false),
+        ("PUMP-*", false, false),
+        ("*", true, false),
+        ("*/*", false, true),
+        ("pump-7", true, false),
+        ("*7*", true, false),
+        ("x*", false, false),
+    ];
+    for (g, on_dev, on_module) in cases {
+        assert_eq!(pat(g).matches(&dev), on_dev, "{g} on the device");
+        assert_eq!(pat(g).matches(&module), on_module, "{g} on the module");
+    }
+    // No blow-up on hostile input: many stars against a long non-matching id.
+    let long = Identity::new("h", &"a".repeat(128), None);
+    assert!(!pat(&format!("{}b", "*a".repeat(40))).matches(&long));
+    assert_eq!(Pattern::new("  "), None);
+}
+
+#[test]
+fn scope_includes_then_excludes() {
+    let scope = Scope {
+        include: vec![pat("crit-*"), pat("crit-*/*")],
+        exclude: vec![pat("*/$edgeAgent")],
+    };
+    assert!(scope.contains(&Identity::new("h", "crit-1", None)));
+    assert!(scope.contains(&Identity::new("h", "crit-1", Some("$edgeHub"))));
+    assert!(!scope.contains(&Identity::new("h", "crit-1", Some("$edgeAgent"))));
+    assert!(!scope.contains(&Identity::new("h", "other", None)));
+    assert!(Scope::default().contains(&Identity::new("h", "anything", None)));
+}
+
+#[test]
+fn a_grace_override_changes_when_an_outage_is_due_and_what_the_alert_says() {
+    let mut policy = Policy::new(Duration::from_secs(GRACE));
+    policy.grace_overrides = vec![
+        GraceOverride {
+            pattern: pat("slow-*"),
+            grace: Duration::from_secs(900),
+        },
+        GraceOverride {
+            pattern: pat("*"),
+            grace: Duration::from_secs(60),
+        },
+    ];
+    let (slow, fast) = (dev("slow-1"), dev("fast-1"));
+    let got = run_with(
+        &policy,
+        &[
+            S::Dis(slow.clone(), 1, 0),
+            S::Dis(fast.clone(), 1, 0),
+            S::Sweep(60),
+            S::Sweep(899),
+            S::Sweep(900),
+        ],
+    );
+    assert_eq!(
+        got,
+        [
+            "slow-1 opened",
+            "fast-1 opened",
+            "ALERT disconnected fast-1 from=0 down=60",
+            "ALERT disconnected slow-1 from=0 down=900",
+        ]
+    );
+    // The first matching pattern wins, and the alert carries the grace that applied.
+    let mut state = IdentityState::default();
+    let ev = ConnectionEvent {
+        identity: slow.clone(),
+        kind: EventKind::Disconnected(seq(1)),
+        time: Some(at(0)),
+        event_id: String::new(),
+    };
+    state = apply(&state, &ev, at(1), &policy).state;
+    match claim_due(&slow, &state, at(900), &policy) {
+        Claim::Alert(_, a) => assert_eq!(a.grace_period_seconds, 900),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_silence_mutes_without_losing_the_outage_and_lets_it_out_when_it_ends() {
+    let mut policy = Policy::new(Duration::from_secs(GRACE));
+    policy.silences = vec![Silence {
+        pattern: pat("site7-*"),
+        until: at(1000),
+    }];
+    let (muted, other) = (dev("site7-a"), dev("site8-a"));
+    let got = run_with(
+        &policy,
+        &[
+            S::Dis(muted.clone(), 1, 0),
+            S::Dis(other.clone(), 1, 0),
+            S::Sweep(300),
+            S::Sweep(600),
+            S::Sweep(999),
+            S::Sweep(1000),
+        ],
+    );
+    assert_eq!(
+        got,
+        [
+            "site7-a opened",
+            "site8-a opened",
+            "snoozed site7-a until=1000",
+            "ALERT disconnected site8-a from=0 down=300",
+            "ALERT disconnected site7-a from=0 down=1000",
+        ]
+    );
+    // A device that comes back during the silence never alerts.
+    let got = run_with(
+        &policy,
+        &[
+            S::Dis(muted.clone(), 1, 0),
+            S::Sweep(300),
+            S::Con(muted.clone(), 2, 500),
+            S::Sweep(2000),
+        ],
+    );
+    assert_eq!(
+        got,
+        [
+            "site7-a opened",
+            "snoozed site7-a until=1000",
+            "site7-a closed_silently"
+        ]
+    );
 }

@@ -201,12 +201,12 @@ fn the_derived_event_grid_invocation_is_applied_once() {
     let first = post();
     assert_eq!(
         first[0],
-        "connmon: 1 event(s) applied [connected=1], 0 ignored, 0 rejected"
+        "connmon: 1 event(s) applied [connected=1], 0 ignored, 0 out of scope, 0 rejected"
     );
     let again = post(); // Event Grid redelivers: same sequence number
     assert_eq!(
         again[0],
-        "connmon: 1 event(s) applied [duplicate=1], 0 ignored, 0 rejected"
+        "connmon: 1 event(s) applied [duplicate=1], 0 ignored, 0 out of scope, 0 rejected"
     );
     let c = cm.counters();
     assert_eq!(
@@ -311,7 +311,7 @@ fn bad_events_inside_an_envelope_are_acknowledged_and_counted() {
     ] {
         let logs = cm.invocation(invocation(encode(&ev, Enc::StrInStr)));
         assert_eq!(
-            logs[0], "connmon: 0 event(s) applied [], 0 ignored, 1 rejected",
+            logs[0], "connmon: 0 event(s) applied [], 0 ignored, 0 out of scope, 1 rejected",
             "{name}"
         );
         assert!(logs[1].starts_with("rejected: "), "{name}: {logs:?}");
@@ -325,7 +325,7 @@ fn bad_events_inside_an_envelope_are_acknowledged_and_counted() {
     ])));
     assert_eq!(
         logs[0],
-        "connmon: 1 event(s) applied [opened=1], 0 ignored, 1 rejected"
+        "connmon: 1 event(s) applied [opened=1], 0 ignored, 0 out of scope, 1 rejected"
     );
     let c = cm.counters();
     assert_eq!(counter(&c, "rejected"), 4, "{c}");
@@ -343,7 +343,7 @@ fn disconnect_alerts_after_grace_and_connect_sends_one_reconnected() {
     let logs = cm.event(&disconnected("story-1", 10, &ago(600)));
     assert_eq!(
         logs[0],
-        "connmon: 1 event(s) applied [opened=1], 0 ignored, 0 rejected"
+        "connmon: 1 event(s) applied [opened=1], 0 ignored, 0 out of scope, 0 rejected"
     );
 
     let s = cm.sweep();
@@ -363,7 +363,7 @@ fn disconnect_alerts_after_grace_and_connect_sends_one_reconnected() {
     let logs = cm.event(&connected("story-1", 11, &ago(60)));
     assert_eq!(
         logs[0],
-        "connmon: 1 event(s) applied [reconnected=1], 0 ignored, 0 rejected"
+        "connmon: 1 event(s) applied [reconnected=1], 0 ignored, 0 out of scope, 0 rejected"
     );
     assert!(
         logs[1].starts_with("ALERT reconnected hub=\"connmon-test-hub\" device=\"story-1\""),
@@ -402,7 +402,7 @@ fn a_token_renewal_reconnect_within_grace_is_silent() {
     let logs = cm.event(&connected("renewing", 101, &ago(20)));
     assert_eq!(
         logs[0],
-        "connmon: 1 event(s) applied [closed_silently=1], 0 ignored, 0 rejected"
+        "connmon: 1 event(s) applied [closed_silently=1], 0 ignored, 0 out of scope, 0 rejected"
     );
     // The control: a device that really went away 10 minutes ago.
     cm.event(&disconnected("gone", 100, &ago(600)));

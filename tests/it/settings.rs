@@ -204,3 +204,57 @@ fn table_store_errors_name_the_setting() {
     assert_eq!(e.name, "CONNMON_TABLE_CONNECTION");
     assert!(!e.to_string().contains("notbase64"), "{e}");
 }
+
+#[test]
+fn scope_grace_overrides_and_silences_parse_and_name_bad_items() {
+    let s = load(&[
+        ("CONNMON_INCLUDE", "crit-*, crit-*/*"),
+        ("CONNMON_EXCLUDE", "*/$edgeAgent"),
+        ("CONNMON_GRACE_OVERRIDES", "slow-*=15m, a=b=90s"),
+        (
+            "CONNMON_SILENCES",
+            "site7-*@2026-12-01T06:00:00Z,x@y@2026-12-01T07:00:00+01:00",
+        ),
+    ])
+    .unwrap();
+    let names = |v: &[connmon::scope::Pattern]| {
+        v.iter().map(|p| p.as_str().to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(names(&s.scope.include), ["crit-*", "crit-*/*"]);
+    assert_eq!(names(&s.scope.exclude), ["*/$edgeAgent"]);
+    assert_eq!(s.grace_overrides.len(), 2);
+    assert_eq!(
+        s.grace_overrides[1].pattern.as_str(),
+        "a=b",
+        "split at the last `=`"
+    );
+    assert_eq!(s.grace_overrides[0].grace, Duration::from_secs(900));
+    assert_eq!(
+        s.silences[1].pattern.as_str(),
+        "x@y",
+        "split at the last `@`"
+    );
+    assert_eq!(
+        s.silences[0].until,
+        connmon::model::Timestamp::parse_rfc3339("2026-12-01T06:00:00Z").unwrap()
+    );
+    assert_eq!(
+        s.silences[1].until,
+        connmon::model::Timestamp::parse_rfc3339("2026-12-01T06:00:00Z").unwrap()
+    );
+    for (name, value, item) in [
+        ("CONNMON_GRACE_OVERRIDES", "ok=5m,broken", "broken"),
+        ("CONNMON_GRACE_OVERRIDES", "x=5 minutes", "x=5 minutes"),
+        ("CONNMON_GRACE_OVERRIDES", "x=400d", "x=400d"),
+        ("CONNMON_SILENCES", "x@tomorrow", "x@tomorrow"),
+        (
+            "CONNMON_SILENCES",
+            "@2026-12-01T06:00:00Z",
+            "@2026-12-01T06:00:00Z",
+        ),
+    ] {
+        let e = load(&[(name, value)]).unwrap_err();
+        assert_eq!(e.name, name);
+        assert!(e.to_string().contains(item), "{e}");
+    }
+}

@@ -34,9 +34,7 @@ fn ev(device: &str, n: u64, connected: bool, t: i64) -> ConnectionEvent {
 
 fn open(path: &Path) -> SqliteStore {
     let cfg = StoreConfig {
-        policy: Policy {
-            grace: Duration::from_secs(300),
-        },
+        policy: Policy::new(Duration::from_secs(300)),
         channels: vec!["log".into()],
     };
     SqliteStore::open(path, cfg).unwrap()
@@ -56,7 +54,7 @@ async fn the_sweep_query_uses_the_pending_index() {
         .collect::<Result<_, _>>()
         .unwrap();
     let plan = plan.join("; ");
-    assert!(plan.contains("USING INDEX identities_pending"), "{plan}");
+    assert!(plan.contains("USING INDEX identities_due"), "{plan}");
     assert!(
         !plan.contains("SCAN identities"),
         "a sweep must never scan the fleet: {plan}"

@@ -9,7 +9,7 @@
 //! | row key | entity | present while |
 //! |---|---|---|
 //! | `i\|{hub}\|{device}\|{module}` | the identity's state (`IdentityState`) | the identity is known |
-//! | `d\|{outage start, 15 digits}\|{hub}\|{device}\|{module}` | the sweep index | an outage waits for its grace |
+//! | `d\|{due time, 15 digits}\|{hub}\|{device}\|{module}` | the sweep index | an outage waits for its grace (or silence) |
 //! | `o\|{raised at, 15 digits}\|{dedupKey}\|{kind}` | a queued alert (the outbox) | until delivered |
 //!
 //! Ids are escaped with [`key_part`] (`%XX` for `%`, `'`, `|`, `/`, `\`, `#`, `?`, control and
@@ -22,7 +22,7 @@
 //!   means another instance got there first: re-read and re-apply.
 //! - Exactly-once claims: claiming an alert replaces the identity (ETag), deletes its index entity and
 //!   inserts the outbox entity atomically; of several instances sweeping at once one wins.
-//! - Sweep cost follows what is due: one range query per partition over `d|…` up to `now − grace`.
+//! - Sweep cost follows what is due: one range query per partition over `d|…` up to `now`.
 
 pub mod auth;
 pub mod client;
@@ -30,7 +30,7 @@ pub mod conn;
 
 use super::{Applied, BoxFuture, QueuedAlert, Store, StoreConfig, StoreError};
 use crate::alerts::AlertBody;
-use crate::machine::{self, Alert, IdentityState, Outage};
+use crate::machine::{self, Alert, Claim, IdentityState, Outage};
 use crate::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
 use client::{odata_string, BatchOp, Entity, TableClient, TableError};
 use std::collections::BTreeMap;
@@ -175,6 +175,7 @@ fn identity_entity(pk: &str, id: &Identity, st: &IdentityState) -> Entity {
         if let Some(a) = o.alerted_at {
             e.set_i64("alertedAt", a.unix_millis());
         }
+        e.set_i64("dueAt", o.due_at.unix_millis());
     }
     if let Some(d) = st.deleted_at {
         e.set_i64("deletedAt", d.unix_millis());
@@ -190,6 +191,7 @@ fn state_of(e: &Entity) -> IdentityState {
             started_at,
             seq,
             alerted_at: ts("alertedAt"),
+            due_at: ts("dueAt").unwrap_or(started_at),
         }),
         _ => None,
     };
@@ -256,6 +258,12 @@ fn is_contention(e: &TableError) -> bool {
 
 // ---------------------------------------------------------------------------------------------
 // Operations
+
+/// What claiming one index entry did.
+enum Claimed {
+    Alert(Alert),
+    Snoozed,
+}
 
 impl Inner {
     async fn load(
@@ -336,7 +344,7 @@ impl Inner {
                 },
                 None => BatchOp::Insert(entity),
             });
-            let (old_due, new_due) = (stored.pending_since(), t.state.pending_since());
+            let (old_due, new_due) = (stored.due_at(), t.state.due_at());
             if old_due != new_due {
                 if let Some(start) = old_due {
                     ops.push(BatchOp::Delete {
@@ -465,28 +473,38 @@ impl Inner {
         now: Timestamp,
         limit: usize,
     ) -> Result<Vec<Alert>, StoreError> {
-        let cutoff = self.cfg.policy.due_cutoff(now).unix_millis().max(-1) + 1;
-        let due = self
-            .client
-            .query(
-                &range_filter(&pk, "d|", &format!("d|{cutoff:015}")),
-                Some(&["RowKey"]),
-                Some(limit),
-            )
-            .await
-            .map_err(table_err)?;
+        let upper = format!("d|{:015}", now.unix_millis().max(-1) + 1);
         let mut alerts = Vec::new();
-        for d in due {
-            // The identity's row key is the index key's suffix after `d|{start}|`.
-            let Some(suffix) = d.row_key.splitn(3, '|').nth(2) else {
-                continue;
-            };
-            let id_key = format!("i|{suffix}");
-            if let Some(a) = self.claim_one(&pk, &id_key, &d.row_key, now).await? {
-                alerts.push(a);
+        // Snoozed (silenced) outages move out of the range: scan again until `limit` alerts are
+        // claimed or nothing due is left.
+        loop {
+            let due = self
+                .client
+                .query(
+                    &range_filter(&pk, "d|", &upper),
+                    Some(&["RowKey"]),
+                    Some(limit),
+                )
+                .await
+                .map_err(table_err)?;
+            let scanned = due.len();
+            let mut snoozed = 0;
+            for d in due {
+                // The identity's row key is the index key's suffix after `d|{due}|`.
+                let Some(suffix) = d.row_key.splitn(3, '|').nth(2) else {
+                    continue;
+                };
+                let id_key = format!("i|{suffix}");
+                match self.claim_one(&pk, &id_key, &d.row_key, now).await? {
+                    Some(Claimed::Alert(a)) => alerts.push(a),
+                    Some(Claimed::Snoozed) => snoozed += 1,
+                    None => {}
+                }
+            }
+            if scanned < limit || alerts.len() >= limit || snoozed == 0 {
+                return Ok(alerts);
             }
         }
-        Ok(alerts)
     }
 
     async fn claim_one(
@@ -495,7 +513,7 @@ impl Inner {
         id_key: &str,
         due_row: &str,
         now: Timestamp,
-    ) -> Result<Option<Alert>, StoreError> {
+    ) -> Result<Option<Claimed>, StoreError> {
         for _ in 0..MAX_CONFLICT_RETRIES {
             let Some(e) = self.client.get(pk, id_key).await.map_err(table_err)? else {
                 return Ok(None);
@@ -506,13 +524,17 @@ impl Inner {
                 e.get_str("module"),
             );
             let state = state_of(&e);
-            let Some((next, alert)) = machine::claim_due(&id, &state, now, &self.cfg.policy) else {
-                // Another instance claimed it, or the outage moved: the index entity (if it is
-                // still there) is stale only if it no longer matches the state.
-                if state.pending_since().map(|s| due_key(s, &id)).as_deref() != Some(due_row) {
-                    let _ = self.client.delete(pk, due_row, "*").await;
+            let (next, alert) = match machine::claim_due(&id, &state, now, &self.cfg.policy) {
+                Claim::Alert(next, alert) => (next, Some(alert)),
+                Claim::Snooze(next) => (next, None),
+                Claim::NotDue => {
+                    // Another instance claimed it, or the outage moved: the index entity (if it
+                    // is still there) is stale only if it no longer matches the state.
+                    if state.due_at().map(|t| due_key(t, &id)).as_deref() != Some(due_row) {
+                        let _ = self.client.delete(pk, due_row, "*").await;
+                    }
+                    return Ok(None);
                 }
-                return Ok(None);
             };
             let mut ops = vec![
                 BatchOp::Replace {
@@ -524,9 +546,16 @@ impl Inner {
                     etag: "*".into(),
                 },
             ];
-            ops.extend(outbox_ops(pk, &self.cfg.channels, &alert)?);
+            match &alert {
+                Some(a) => ops.extend(outbox_ops(pk, &self.cfg.channels, a)?),
+                None => {
+                    if let Some(t) = next.due_at() {
+                        ops.push(BatchOp::Upsert(Entity::new(pk, &due_key(t, &id))));
+                    }
+                }
+            }
             match self.client.batch(pk, ops).await {
-                Ok(_) => return Ok(Some(alert)),
+                Ok(_) => return Ok(Some(alert.map_or(Claimed::Snoozed, Claimed::Alert))),
                 Err(e) if is_contention(&e) => continue,
                 Err(e) => return Err(table_err(e)),
             }
