@@ -63,7 +63,7 @@ fn run_with(policy: &Policy, steps: &[S]) -> Vec<String> {
             event_id: String::new(),
         };
         let state = states.entry(id.clone()).or_default();
-        let t = apply(state, &ev, received, &policy);
+        let t = apply(state, &ev, received, policy);
         out.push(format!("{} {}", name(id), t.outcome.as_str()));
         if let Some(a) = &t.alert {
             out.push(format!(
