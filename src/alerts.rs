@@ -19,6 +19,14 @@ pub struct AlertBody {
     pub downtime_seconds: i64,
     pub grace_period_seconds: i64,
     pub detected_at: String,
+    /// `flapping` / `flapping_resolved`: silent reconnects counted in the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disconnects: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_seconds: Option<i64>,
+    /// `flapping`: what the rhythm suggests (e.g. a duplicate device identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 impl From<&Alert> for AlertBody {
@@ -34,6 +42,9 @@ impl From<&Alert> for AlertBody {
             downtime_seconds: a.downtime_seconds,
             grace_period_seconds: a.grace_period_seconds,
             detected_at: a.detected_at.to_rfc3339(),
+            disconnects: a.flap.as_ref().map(|f| f.disconnects),
+            window_seconds: a.flap.as_ref().map(|f| f.window_seconds),
+            hint: a.flap.as_ref().and_then(|f| f.hint.clone()),
         }
     }
 }
@@ -54,6 +65,18 @@ pub fn log_line(a: &Alert) -> String {
             a.reconnected_at.unwrap_or(a.detected_at),
             a.downtime_seconds
         ),
+        AlertKind::Flapping | AlertKind::FlappingResolved => {
+            let f = a.flap.as_ref();
+            format!(
+                "{} silent reconnects within {}s since {}{}",
+                f.map_or(0, |f| f.disconnects),
+                f.map_or(0, |f| f.window_seconds),
+                a.disconnected_at,
+                f.and_then(|f| f.hint.as_ref())
+                    .map(|h| format!(": {h}"))
+                    .unwrap_or_default()
+            )
+        }
     };
     format!(
         "{} hub={:?} device={:?}{module} {what} dedupKey={}",

@@ -21,6 +21,9 @@ pub struct Policy {
     pub scope: Scope,
     /// While a silence mutes an identity its outage is not claimed; it is once the silence ends.
     pub silences: Vec<Silence>,
+    /// Silent reconnects within `flap_window` that make an identity flapping (`CONNMON_FLAP_*`).
+    pub flap_threshold: usize,
+    pub flap_window: Duration,
 }
 
 impl Policy {
@@ -31,6 +34,8 @@ impl Policy {
             grace_overrides: Vec::new(),
             scope: Scope::default(),
             silences: Vec::new(),
+            flap_threshold: 5,
+            flap_window: Duration::from_secs(30 * 60),
         }
     }
 
@@ -87,15 +92,40 @@ pub struct IdentityState {
     pub outage: Option<Outage>,
     /// Set by `DeviceDeleted`: events from before this instant are ignored (rule 5).
     pub deleted_at: Option<Timestamp>,
+    /// Start times of recent outages that ended inside the grace (oldest first, within the flap
+    /// window, at most [`FLAP_MEMORY`]).
+    pub flaps: Vec<Timestamp>,
+    /// An open `flapping` alert.
+    pub flapping: Option<Flapping>,
+}
+
+/// Most silent reconnects remembered per identity (bounds the state whatever the settings).
+pub const FLAP_MEMORY: usize = 64;
+
+/// A `flapping` alert that was raised and not yet resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flapping {
+    pub since: Timestamp,
+    /// Sequence number of the event that raised it: names it in `dedupKey`.
+    pub seq: SequenceNumber,
 }
 
 impl IdentityState {
     /// When this identity's pending outage is due for the sweep, if one is pending: the value the
     /// stores index.
-    pub fn due_at(&self) -> Option<Timestamp> {
-        self.outage
+    pub fn due_at(&self, policy: &Policy) -> Option<Timestamp> {
+        let outage = self
+            .outage
             .filter(|o| o.alerted_at.is_none())
-            .map(|o| o.due_at)
+            .map(|o| o.due_at);
+        outage.into_iter().chain(self.calm_at(policy)).min()
+    }
+
+    /// When an open `flapping` alert resolves if no further silent reconnect comes.
+    pub fn calm_at(&self, policy: &Policy) -> Option<Timestamp> {
+        self.flapping?;
+        let last = self.flaps.last()?;
+        Some(last.plus_millis(millis(policy.flap_window)))
     }
 }
 
@@ -103,6 +133,8 @@ impl IdentityState {
 pub enum AlertKind {
     Disconnected,
     Reconnected,
+    Flapping,
+    FlappingResolved,
 }
 
 impl AlertKind {
@@ -110,6 +142,8 @@ impl AlertKind {
         match self {
             AlertKind::Disconnected => "disconnected",
             AlertKind::Reconnected => "reconnected",
+            AlertKind::Flapping => "flapping",
+            AlertKind::FlappingResolved => "flapping_resolved",
         }
     }
 }
@@ -125,6 +159,48 @@ pub struct Alert {
     pub downtime_seconds: i64,
     pub grace_period_seconds: i64,
     pub detected_at: Timestamp,
+    /// For `flapping` / `flapping_resolved`: how it flapped.
+    pub flap: Option<FlapInfo>,
+}
+
+/// The particulars of a `flapping` alert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlapInfo {
+    /// Silent reconnects counted within the window.
+    pub disconnects: u32,
+    pub window_seconds: i64,
+    pub hint: Option<String>,
+}
+
+/// What the rhythm of an identity's silent reconnects suggests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cadence {
+    /// Regular, 40-75 minutes apart: SAS token renewal by the device SDK. Never flapping.
+    TokenRenewal,
+    /// Typically under two minutes apart: two clients sharing one identity kick each other out.
+    Rapid,
+    Irregular,
+}
+
+/// Hint shown with a rapid `flapping` alert.
+pub const DUPLICATE_IDENTITY_HINT: &str =
+    "possible duplicate device identity (400027 ConnectionForcefullyClosedOnNewConnection)";
+
+/// Classifies the intervals between the (sorted) times of silent reconnects.
+pub fn cadence(times: &[Timestamp]) -> Cadence {
+    let mut gaps: Vec<i64> = times.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    if gaps.is_empty() {
+        return Cadence::Irregular;
+    }
+    gaps.sort_unstable();
+    let median = gaps[gaps.len() / 2];
+    if gaps.iter().all(|g| (40 * 60_000..=75 * 60_000).contains(g)) {
+        Cadence::TokenRenewal
+    } else if median < 120_000 {
+        Cadence::Rapid
+    } else {
+        Cadence::Irregular
+    }
 }
 
 /// What applying an event did, for logs, counters and tests.
@@ -239,7 +315,10 @@ pub fn apply(
                     Outcome::Opened
                 }
                 Some(o) if o.alerted_at.is_none() => {
-                    next.outage = Some(open_outage(&event.identity, at, seq, policy));
+                    // The device was back in between (IoT Hub lost the connect): a silent flap.
+                    let id = &event.identity;
+                    alert = record_flap(&mut next, id, o.started_at, at, seq, received_at, policy);
+                    next.outage = Some(open_outage(id, at, seq, policy));
                     Outcome::Restarted
                 }
                 Some(_) => Outcome::Continued,
@@ -250,7 +329,11 @@ pub fn apply(
             next.outage = None;
             match state.outage {
                 None => Outcome::Connected,
-                Some(o) if o.alerted_at.is_none() => Outcome::ClosedSilently,
+                Some(o) if o.alerted_at.is_none() => {
+                    let id = &event.identity;
+                    alert = record_flap(&mut next, id, o.started_at, at, seq, received_at, policy);
+                    Outcome::ClosedSilently
+                }
                 Some(o) => {
                     alert = Some(Alert {
                         kind: AlertKind::Reconnected,
@@ -261,6 +344,7 @@ pub fn apply(
                         downtime_seconds: at.seconds_since(o.started_at),
                         grace_period_seconds: policy.grace_for(&event.identity).as_secs() as i64,
                         detected_at: received_at,
+                        flap: None,
                     });
                     Outcome::Reconnected
                 }
@@ -274,6 +358,53 @@ pub fn apply(
         alert,
         cancel_queued_alerts: false,
     }
+}
+
+/// Remembers a silent reconnect (an outage that began at `started` ended inside its grace) and
+/// raises `flapping` when the window holds enough of them, unless their rhythm is token renewal or
+/// the identity is silenced.
+fn record_flap(
+    next: &mut IdentityState,
+    id: &Identity,
+    started: Timestamp,
+    at: Timestamp,
+    seq: SequenceNumber,
+    received_at: Timestamp,
+    policy: &Policy,
+) -> Option<Alert> {
+    let window_start = at.plus_millis(-millis(policy.flap_window));
+    next.flaps.push(started);
+    next.flaps.sort_unstable();
+    next.flaps.retain(|t| *t >= window_start);
+    let excess = next.flaps.len().saturating_sub(FLAP_MEMORY);
+    next.flaps.drain(..excess);
+    if next.flapping.is_some()
+        || next.flaps.len() < policy.flap_threshold
+        || policy.silenced_until(id, received_at).is_some()
+    {
+        return None;
+    }
+    let hint = match cadence(&next.flaps) {
+        Cadence::TokenRenewal => return None,
+        Cadence::Rapid => Some(DUPLICATE_IDENTITY_HINT.to_string()),
+        Cadence::Irregular => None,
+    };
+    next.flapping = Some(Flapping { since: at, seq });
+    Some(Alert {
+        kind: AlertKind::Flapping,
+        dedup_key: flap_dedup_key(id, &seq),
+        identity: id.clone(),
+        disconnected_at: next.flaps[0],
+        reconnected_at: Some(at),
+        downtime_seconds: 0,
+        grace_period_seconds: policy.grace_for(id).as_secs() as i64,
+        detected_at: received_at,
+        flap: Some(FlapInfo {
+            disconnects: next.flaps.len() as u32,
+            window_seconds: policy.flap_window.as_secs() as i64,
+            hint,
+        }),
+    })
 }
 
 fn open_outage(id: &Identity, at: Timestamp, seq: SequenceNumber, policy: &Policy) -> Outage {
@@ -346,12 +477,12 @@ pub fn claim_due(
     now: Timestamp,
     policy: &Policy,
 ) -> Claim {
-    let Some(outage) = state.outage else {
-        return Claim::NotDue;
+    let pending = state
+        .outage
+        .filter(|o| o.alerted_at.is_none() && o.due_at <= now);
+    let Some(outage) = pending else {
+        return resolve_flapping(identity, state, now, policy);
     };
-    if outage.alerted_at.is_some() || outage.due_at > now {
-        return Claim::NotDue;
-    }
     if let Some(until) = policy.silenced_until(identity, now) {
         let next = IdentityState {
             outage: Some(Outage {
@@ -372,6 +503,7 @@ pub fn claim_due(
         downtime_seconds: now.seconds_since(outage.started_at),
         grace_period_seconds: grace.as_secs() as i64,
         detected_at: now,
+        flap: None,
     };
     let next = IdentityState {
         outage: Some(Outage {
@@ -381,6 +513,47 @@ pub fn claim_due(
         ..state.clone()
     };
     Claim::Alert(next, alert)
+}
+
+/// A `flapping` alert resolves once its window passed without another silent reconnect.
+fn resolve_flapping(
+    identity: &Identity,
+    state: &IdentityState,
+    now: Timestamp,
+    policy: &Policy,
+) -> Claim {
+    let (Some(flapping), Some(calm)) = (state.flapping, state.calm_at(policy)) else {
+        return Claim::NotDue;
+    };
+    if calm > now {
+        return Claim::NotDue;
+    }
+    let alert = Alert {
+        kind: AlertKind::FlappingResolved,
+        dedup_key: flap_dedup_key(identity, &flapping.seq),
+        identity: identity.clone(),
+        disconnected_at: state.flaps.first().copied().unwrap_or(flapping.since),
+        reconnected_at: state.flaps.last().copied(),
+        downtime_seconds: 0,
+        grace_period_seconds: policy.grace_for(identity).as_secs() as i64,
+        detected_at: now,
+        flap: Some(FlapInfo {
+            disconnects: state.flaps.len() as u32,
+            window_seconds: policy.flap_window.as_secs() as i64,
+            hint: None,
+        }),
+    };
+    let next = IdentityState {
+        flaps: Vec::new(),
+        flapping: None,
+        ..state.clone()
+    };
+    Claim::Alert(next, alert)
+}
+
+/// Names one flapping episode (its `flapping` and `flapping_resolved` alerts).
+pub fn flap_dedup_key(identity: &Identity, seq: &SequenceNumber) -> String {
+    format!("cm1f-{}", &dedup_key(identity, seq)[4..])
 }
 
 /// Names one outage: the same for its `disconnected` and `reconnected` alerts, on every retry and

@@ -76,6 +76,9 @@ pub struct Settings {
     pub grace_overrides: Vec<GraceOverride>,
     /// `CONNMON_SILENCES`.
     pub silences: Vec<Silence>,
+    /// `CONNMON_FLAP_THRESHOLD` silent reconnects within `CONNMON_FLAP_WINDOW` make `flapping`.
+    pub flap_threshold: usize,
+    pub flap_window: Duration,
     pub store: StoreKind,
 }
 
@@ -87,6 +90,8 @@ impl Settings {
             grace_overrides: self.grace_overrides.clone(),
             scope: self.scope.clone(),
             silences: self.silences.clone(),
+            flap_threshold: self.flap_threshold,
+            flap_window: self.flap_window,
         }
     }
 }
@@ -273,6 +278,34 @@ impl Settings {
                 .collect::<Result<_, _>>()?,
         };
 
+        let flap_threshold = match get("CONNMON_FLAP_THRESHOLD") {
+            None => 5,
+            Some(v) => v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (2..=64).contains(n))
+                .ok_or_else(|| {
+                    bad(
+                        "CONNMON_FLAP_THRESHOLD",
+                        &v,
+                        "expected a number of reconnects from 2 to 64",
+                    )
+                })?,
+        };
+        let flap_window = match get("CONNMON_FLAP_WINDOW") {
+            None => Duration::from_secs(30 * 60),
+            Some(v) => parse_duration(&v)
+                .filter(|d| *d >= Duration::from_secs(60) && *d <= Duration::from_secs(7 * 86_400))
+                .ok_or_else(|| {
+                    bad(
+                        "CONNMON_FLAP_WINDOW",
+                        &v,
+                        &format!("{DURATION_FORMS}, between 1m and 7d"),
+                    )
+                })?,
+        };
+
         let store = match get("CONNMON_STORE").as_deref().map(str::trim) {
             None | Some("sqlite") => StoreKind::Sqlite {
                 path: PathBuf::from(
@@ -348,6 +381,8 @@ impl Settings {
             scope,
             grace_overrides,
             silences,
+            flap_threshold,
+            flap_window,
             store,
         })
     }

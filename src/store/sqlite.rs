@@ -12,7 +12,7 @@
 
 use super::{Applied, BoxFuture, QueuedAlert, Store, StoreConfig, StoreError};
 use crate::alerts::AlertBody;
-use crate::machine::{self, Alert, Claim, IdentityState, Outage};
+use crate::machine::{self, Alert, Claim, Flapping, IdentityState, Outage, Policy};
 use crate::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
@@ -36,7 +36,11 @@ CREATE TABLE IF NOT EXISTS identities (
     outage_start  INTEGER,
     outage_seq    BLOB,
     alerted_at    INTEGER,
-    due_at        INTEGER,            -- while no alert is claimed: when the sweep looks (the index)
+    outage_due    INTEGER,            -- when the open outage is due (start + grace, or silence end)
+    flaps         TEXT,               -- recent silent reconnects, unix ms, comma-separated
+    flapping_since INTEGER,           -- an open `flapping` alert
+    flapping_seq  BLOB,
+    due_at        INTEGER,            -- when the sweep must look next (the index), NULL if never
     deleted_at    INTEGER,
     PRIMARY KEY (hub, device, module)
 ) WITHOUT ROWID;
@@ -66,7 +70,8 @@ CREATE INDEX IF NOT EXISTS outbox_identity ON outbox(hub, device, module);
 /// the partial index `identities_due`, so its cost follows what is due, not the fleet.
 pub const CLAIM_DUE_SQL: &str =
     "SELECT version, last_seq, last_event_at, connected, outage_start, outage_seq,
-            alerted_at, deleted_at, due_at, hub, device, module
+            alerted_at, deleted_at, outage_due, flaps, flapping_since, flapping_seq,
+            hub, device, module
      FROM identities WHERE due_at IS NOT NULL AND due_at <= ?1
      ORDER BY due_at LIMIT ?2";
 
@@ -406,7 +411,7 @@ fn load(tx: &rusqlite::Transaction<'_>, id: &Identity) -> Result<Row, StoreError
     let mut stmt = tx
         .prepare_cached(
             "SELECT version, last_seq, last_event_at, connected, outage_start, outage_seq,
-                    alerted_at, deleted_at, due_at
+                    alerted_at, deleted_at, outage_due, flaps, flapping_since, flapping_seq
              FROM identities WHERE hub = ?1 AND device = ?2 AND module = ?3",
         )
         .map_err(db_err)?;
@@ -427,7 +432,7 @@ fn load(tx: &rusqlite::Transaction<'_>, id: &Identity) -> Result<Row, StoreError
 }
 
 /// Maps columns `version, last_seq, last_event_at, connected, outage_start, outage_seq, alerted_at,
-/// deleted_at, due_at` (in that order) to a state.
+/// deleted_at, outage_due, flaps, flapping_since, flapping_seq` (in that order) to a state.
 fn row_to_state(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, IdentityState)> {
     let ts = |v: Option<i64>| v.map(Timestamp::from_unix_millis);
     let outage_start: Option<i64> = r.get(4)?;
@@ -437,7 +442,6 @@ fn row_to_state(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, IdentityState)>
             started_at: Timestamp::from_unix_millis(start),
             seq,
             alerted_at: ts(r.get(6)?),
-            // NULL once the alert is claimed, when it no longer matters.
             due_at: ts(r.get(8)?).unwrap_or(Timestamp::from_unix_millis(start)),
         }),
         _ => None,
@@ -450,6 +454,19 @@ fn row_to_state(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, IdentityState)>
             connected: r.get::<_, Option<bool>>(3)?,
             outage,
             deleted_at: ts(r.get(7)?),
+            flaps: r
+                .get::<_, Option<String>>(9)?
+                .map(|f| {
+                    f.split(',')
+                        .filter_map(|t| t.parse().ok())
+                        .map(Timestamp::from_unix_millis)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            flapping: match (ts(r.get(10)?), seq_from(r.get(11)?)) {
+                (Some(since), Some(seq)) => Some(Flapping { since, seq }),
+                _ => None,
+            },
         },
     ))
 }
@@ -459,6 +476,7 @@ fn row_to_state(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, IdentityState)>
 /// this check turns any bug in that reasoning into an error instead of a lost update.
 fn save(
     tx: &rusqlite::Transaction<'_>,
+    policy: &Policy,
     id: &Identity,
     state: &IdentityState,
     version: Option<i64>,
@@ -468,6 +486,14 @@ fn save(
     let last_seq = state.last_seq.map(|s| s.as_bytes().to_vec());
     let outage_seq = outage.map(|o| o.seq.as_bytes().to_vec());
     let new_version = version.map_or(1, |v| v + 1);
+    let flaps = (!state.flaps.is_empty()).then(|| {
+        let v: Vec<String> = state
+            .flaps
+            .iter()
+            .map(|t| t.unix_millis().to_string())
+            .collect();
+        v.join(",")
+    });
     let values = params![
         id.hub(),
         id.device(),
@@ -479,16 +505,22 @@ fn save(
         outage.map(|o| o.started_at.unix_millis()),
         outage_seq,
         ms(outage.and_then(|o| o.alerted_at)),
-        ms(state.due_at()),
+        ms(state.due_at(policy)),
         ms(state.deleted_at),
         version,
+        ms(outage.map(|o| o.due_at)),
+        flaps,
+        ms(state.flapping.map(|f| f.since)),
+        state.flapping.map(|f| f.seq.as_bytes().to_vec()),
     ];
     let changed = match version {
         None => tx
             .prepare_cached(
                 "INSERT INTO identities (hub, device, module, version, last_seq, last_event_at,
-                    connected, outage_start, outage_seq, alerted_at, due_at, deleted_at)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12 WHERE ?13 IS NULL
+                    connected, outage_start, outage_seq, alerted_at, due_at, deleted_at,
+                    outage_due, flaps, flapping_since, flapping_seq)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?14, ?15, ?16, ?17
+                 WHERE ?13 IS NULL
                  ON CONFLICT DO NOTHING",
             )
             .and_then(|mut s| s.execute(values)),
@@ -496,7 +528,8 @@ fn save(
             .prepare_cached(
                 "UPDATE identities SET version = ?4, last_seq = ?5, last_event_at = ?6,
                     connected = ?7, outage_start = ?8, outage_seq = ?9, alerted_at = ?10,
-                    due_at = ?11, deleted_at = ?12
+                    due_at = ?11, deleted_at = ?12, outage_due = ?14, flaps = ?15,
+                    flapping_since = ?16, flapping_seq = ?17
                  WHERE hub = ?1 AND device = ?2 AND module = ?3 AND version = ?13",
             )
             .and_then(|mut s| s.execute(values)),
@@ -605,7 +638,7 @@ fn apply_one(
     let state = machine::with_device_deletion(&row.state, device_deleted_at);
     let t = machine::apply(&state, ev, received_at, &cfg.policy);
     if t.outcome.changes_state() {
-        save(tx, &ev.identity, &t.state, row.version)?;
+        save(tx, &cfg.policy, &ev.identity, &t.state, row.version)?;
     }
     if let Some(alert) = &t.alert {
         enqueue(tx, &cfg.channels, alert)?;
@@ -649,10 +682,10 @@ fn claim_due(
             let mapped = stmt
                 .query_map(params![now.unix_millis(), limit as i64], |r| {
                     let (version, state) = row_to_state(r)?;
-                    let module: String = r.get(11)?;
+                    let module: String = r.get(14)?;
                     let id = Identity::new(
-                        &r.get::<_, String>(9)?,
-                        &r.get::<_, String>(10)?,
+                        &r.get::<_, String>(12)?,
+                        &r.get::<_, String>(13)?,
                         Some(module.as_str()),
                     );
                     Ok((id, version, state))
@@ -665,12 +698,12 @@ fn claim_due(
         for (id, version, state) in rows {
             match machine::claim_due(&id, &state, now, &cfg.policy) {
                 Claim::Alert(next, alert) => {
-                    save(tx, &id, &next, Some(version))?;
+                    save(tx, &cfg.policy, &id, &next, Some(version))?;
                     enqueue(tx, &cfg.channels, &alert)?;
                     alerts.push(alert);
                 }
                 Claim::Snooze(next) => {
-                    save(tx, &id, &next, Some(version))?;
+                    save(tx, &cfg.policy, &id, &next, Some(version))?;
                     snoozed += 1;
                 }
                 Claim::NotDue => {}

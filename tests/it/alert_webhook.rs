@@ -454,14 +454,35 @@ fn a_large_sweep_is_posted_in_ordered_batches_and_logs_stay_bounded() {
         s.logs.last()
     );
 
+    // Per-identity alerts in batches of 500, each batch followed by its hub's `outage` summary
+    // (600 alerts of one hub are over the group threshold of 20).
     let reqs = rx.requests();
+    let per_identity = |r: &Received| {
+        r.alerts()
+            .iter()
+            .filter(|a| a["kind"] == "disconnected")
+            .count()
+    };
     assert_eq!(
-        reqs.iter().map(|r| r.alerts().len()).collect::<Vec<_>>(),
+        reqs.iter().map(per_identity).collect::<Vec<_>>(),
         [500, 100]
     );
+    let summaries: Vec<(u64, u64)> = reqs
+        .iter()
+        .flat_map(|r| r.alerts())
+        .filter(|a| a["kind"] == "outage")
+        .map(|a| {
+            (
+                a["count"].as_u64().unwrap(),
+                a["sample"].as_array().unwrap().len() as u64,
+            )
+        })
+        .collect();
+    assert_eq!(summaries, [(500, 10), (100, 10)]);
     let devices: Vec<String> = rx
         .delivered()
         .iter()
+        .filter(|a| a["kind"] == "disconnected")
         .map(|a| a["deviceId"].as_str().unwrap().to_string())
         .collect();
     let expected: Vec<String> = (0..600).map(|i| format!("bulk-{i:03}")).collect();

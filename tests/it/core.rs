@@ -66,8 +66,13 @@ fn run_with(policy: &Policy, steps: &[S]) -> Vec<String> {
         let t = apply(state, &ev, received, policy);
         out.push(format!("{} {}", name(id), t.outcome.as_str()));
         if let Some(a) = &t.alert {
+            let flap = a
+                .flap
+                .as_ref()
+                .map(|f| format!(" n={} hint={}", f.disconnects, f.hint.is_some()))
+                .unwrap_or_default();
             out.push(format!(
-                "ALERT {} {} from={} back={} down={}",
+                "ALERT {} {} from={} back={} down={}{flap}",
                 a.kind.as_str(),
                 name(&a.identity),
                 secs(a.disconnected_at),
@@ -134,7 +139,7 @@ fn run_with(policy: &Policy, steps: &[S]) -> Vec<String> {
                             out.push(format!(
                                 "snoozed {} until={}",
                                 name(id),
-                                secs(next.due_at().unwrap())
+                                secs(next.due_at(policy).unwrap())
                             ));
                             *state = next;
                         }
@@ -521,7 +526,7 @@ fn delete_sets_the_cancel_flag_only_when_it_deletes() {
     let t2 = apply(&t1.state, &ev(EventKind::Deleted, 10), at(11), &policy);
     assert!(t2.cancel_queued_alerts);
     assert_eq!(t2.state.outage, None);
-    assert_eq!(t2.state.due_at(), None);
+    assert_eq!(t2.state.due_at(&policy), None);
     let t3 = apply(&t2.state, &ev(EventKind::Deleted, 10), at(12), &policy);
     assert!(!t3.cancel_queued_alerts);
 }
@@ -756,5 +761,87 @@ fn a_silence_mutes_without_losing_the_outage_and_lets_it_out_when_it_ends() {
             "snoozed site7-a until=1000",
             "site7-a closed_silently"
         ]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flapping
+
+/// `n` silent reconnects of `d`: disconnect at `start + i*every`, connect 10 s later.
+fn flaps(d: &Identity, n: u64, start: i64, every: i64) -> Vec<S> {
+    (0..n)
+        .flat_map(|i| {
+            let t = start + i as i64 * every;
+            [
+                S::Dis(d.clone(), 2 * i as u128 + 1, t),
+                S::Con(d.clone(), 2 * i as u128 + 2, t + 10),
+            ]
+        })
+        .collect()
+}
+
+fn alerts_only(lines: Vec<String>) -> Vec<String> {
+    lines
+        .into_iter()
+        .filter(|l| l.starts_with("ALERT"))
+        .collect()
+}
+
+#[test]
+fn rapid_silent_reconnects_raise_one_flapping_alert_with_the_duplicate_identity_hint() {
+    let d = dev("d1");
+    let mut script = flaps(&d, 8, 0, 30);
+    script.push(S::Sweep(300));
+    // The last silent reconnect's outage started at 210; the window (1800 s) passes at 2010.
+    script.push(S::Sweep(2009));
+    script.push(S::Sweep(2010));
+    assert_eq!(
+        alerts_only(run(&script)),
+        [
+            "ALERT flapping d1 from=0 back=130 down=0 n=5 hint=true",
+            "ALERT flapping_resolved d1 from=0 down=0",
+        ]
+    );
+}
+
+#[test]
+fn token_renewal_cadence_never_flaps_even_with_a_long_window() {
+    let mut policy = Policy::new(Duration::from_secs(GRACE));
+    policy.flap_window = Duration::from_secs(86_400);
+    let d = dev("d1");
+    // Every 60 minutes, like the .NET SDK renewing its SAS token.
+    let mut script = flaps(&d, 12, 0, 3600);
+    script.push(S::Sweep(100_000));
+    assert_eq!(
+        alerts_only(run_with(&policy, &script)),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn irregular_flapping_has_no_hint_and_fewer_than_the_threshold_is_quiet() {
+    let d = dev("d1");
+    let four = flaps(&d, 4, 0, 300);
+    assert_eq!(alerts_only(run(&four)), Vec::<String>::new(), "4 < 5");
+    let five = flaps(&d, 5, 0, 300);
+    assert_eq!(
+        alerts_only(run(&five)),
+        ["ALERT flapping d1 from=0 back=1210 down=0 n=5 hint=false"]
+    );
+    // Spread wider than the window: never 5 inside 30 minutes.
+    let spread = flaps(&d, 10, 0, 500);
+    assert_eq!(alerts_only(run(&spread)), Vec::<String>::new());
+}
+
+#[test]
+fn two_disconnects_in_a_row_count_as_a_silent_reconnect() {
+    let d = dev("d1");
+    let script: Vec<S> = (0..6u128)
+        .map(|i| S::Dis(d.clone(), i + 1, i as i64 * 40))
+        .collect();
+    let got = alerts_only(run(&script));
+    assert_eq!(
+        got,
+        ["ALERT flapping d1 from=0 back=200 down=0 n=5 hint=true"]
     );
 }

@@ -38,6 +38,7 @@ fn answers_the_readiness_ping_with_counters() {
         "duplicates",
         "stale",
         "ignored",
+        "outOfScope",
         "rejected",
         "alertsRaised",
         "alertsDelivered",
@@ -515,6 +516,7 @@ fn fleet() -> Vec<Ev> {
 fn alerts_by_device(r: &Receiver) -> BTreeMap<String, Value> {
     r.delivered()
         .into_iter()
+        .filter(|a| a["kind"] == "disconnected")
         .map(|mut a| {
             let o = a.as_object_mut().unwrap();
             o.remove("detectedAt");

@@ -30,7 +30,7 @@ pub mod conn;
 
 use super::{Applied, BoxFuture, QueuedAlert, Store, StoreConfig, StoreError};
 use crate::alerts::AlertBody;
-use crate::machine::{self, Alert, Claim, IdentityState, Outage};
+use crate::machine::{self, Alert, Claim, Flapping, IdentityState, Outage, Policy};
 use crate::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
 use client::{odata_string, BatchOp, Entity, TableClient, TableError};
 use std::collections::BTreeMap;
@@ -155,7 +155,10 @@ fn seq_hex(s: Option<SequenceNumber>) -> Option<String> {
     s.map(|s| s.to_hex())
 }
 
-fn identity_entity(pk: &str, id: &Identity, st: &IdentityState) -> Entity {
+/// The identity entity for `st`. `indexAt` records the time its index entity (`d|…`) was written
+/// under, so a later writer deletes exactly that one even if the settings that decide the time
+/// (grace, flap window) changed since.
+fn identity_entity(pk: &str, id: &Identity, st: &IdentityState, policy: &Policy) -> Entity {
     let mut e = Entity::new(pk, &identity_key(id));
     e.set_str("hub", id.hub());
     e.set_str("device", id.device());
@@ -180,7 +183,27 @@ fn identity_entity(pk: &str, id: &Identity, st: &IdentityState) -> Entity {
     if let Some(d) = st.deleted_at {
         e.set_i64("deletedAt", d.unix_millis());
     }
+    if !st.flaps.is_empty() {
+        let flaps: Vec<String> = st
+            .flaps
+            .iter()
+            .map(|t| t.unix_millis().to_string())
+            .collect();
+        e.set_str("flaps", &flaps.join(","));
+    }
+    if let Some(f) = st.flapping {
+        e.set_i64("flappingSince", f.since.unix_millis());
+        e.set_str("flappingSeq", &f.seq.to_hex());
+    }
+    if let Some(t) = st.due_at(policy) {
+        e.set_i64("indexAt", t.unix_millis());
+    }
     e
+}
+
+/// The index time the stored entity was written with (see [`identity_entity`]).
+fn index_at(e: &Entity) -> Option<Timestamp> {
+    e.get_i64("indexAt").map(Timestamp::from_unix_millis)
 }
 
 fn state_of(e: &Entity) -> IdentityState {
@@ -195,7 +218,21 @@ fn state_of(e: &Entity) -> IdentityState {
         }),
         _ => None,
     };
+    let flapping = match (ts("flappingSince"), seq("flappingSeq")) {
+        (Some(since), Some(seq)) => Some(Flapping { since, seq }),
+        _ => None,
+    };
     IdentityState {
+        flaps: e
+            .get_str("flaps")
+            .map(|f| {
+                f.split(',')
+                    .filter_map(|t| t.parse().ok())
+                    .map(Timestamp::from_unix_millis)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        flapping,
         last_seq: seq("lastSeq"),
         last_event_at: ts("lastEventAt"),
         connected: e.get_bool("connected"),
@@ -270,15 +307,15 @@ impl Inner {
         &self,
         pk: &str,
         id: &Identity,
-    ) -> Result<(IdentityState, Option<String>), StoreError> {
+    ) -> Result<(IdentityState, Option<String>, Option<Timestamp>), StoreError> {
         match self
             .client
             .get(pk, &identity_key(id))
             .await
             .map_err(table_err)?
         {
-            Some(e) => Ok((state_of(&e), e.etag.clone())),
-            None => Ok((IdentityState::default(), None)),
+            Some(e) => Ok((state_of(&e), e.etag.clone(), index_at(&e))),
+            None => Ok((IdentityState::default(), None, None)),
         }
     }
 
@@ -319,7 +356,7 @@ impl Inner {
         let id = &ev.identity;
         let pk = shard_of(id.hub(), id.device());
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let (stored, etag) = self.load(&pk, id).await?;
+            let (stored, etag, old_due) = self.load(&pk, id).await?;
             let device_deleted_at = match (id.module(), ev.kind) {
                 (Some(_), EventKind::Connected(_) | EventKind::Disconnected(_)) => {
                     let device = Identity::new(id.hub(), id.device(), None);
@@ -336,7 +373,7 @@ impl Inner {
                 });
             }
             let mut ops = Vec::with_capacity(4);
-            let entity = identity_entity(&pk, id, &t.state);
+            let entity = identity_entity(&pk, id, &t.state, &self.cfg.policy);
             ops.push(match &etag {
                 Some(tag) => BatchOp::Replace {
                     entity,
@@ -344,7 +381,7 @@ impl Inner {
                 },
                 None => BatchOp::Insert(entity),
             });
-            let (old_due, new_due) = (stored.due_at(), t.state.due_at());
+            let new_due = t.state.due_at(&self.cfg.policy);
             if old_due != new_due {
                 if let Some(start) = old_due {
                     ops.push(BatchOp::Delete {
@@ -530,7 +567,7 @@ impl Inner {
                 Claim::NotDue => {
                     // Another instance claimed it, or the outage moved: the index entity (if it
                     // is still there) is stale only if it no longer matches the state.
-                    if state.due_at().map(|t| due_key(t, &id)).as_deref() != Some(due_row) {
+                    if index_at(&e).map(|t| due_key(t, &id)).as_deref() != Some(due_row) {
                         let _ = self.client.delete(pk, due_row, "*").await;
                     }
                     return Ok(None);
@@ -538,7 +575,7 @@ impl Inner {
             };
             let mut ops = vec![
                 BatchOp::Replace {
-                    entity: identity_entity(pk, &id, &next),
+                    entity: identity_entity(pk, &id, &next, &self.cfg.policy),
                     etag: e.etag.clone().unwrap_or_else(|| "*".into()),
                 },
                 BatchOp::Delete {
@@ -549,7 +586,7 @@ impl Inner {
             match &alert {
                 Some(a) => ops.extend(outbox_ops(pk, &self.cfg.channels, a)?),
                 None => {
-                    if let Some(t) = next.due_at() {
+                    if let Some(t) = next.due_at(&self.cfg.policy) {
                         ops.push(BatchOp::Upsert(Entity::new(pk, &due_key(t, &id))));
                     }
                 }
