@@ -65,6 +65,10 @@ pub fn log_line(a: &Alert) -> String {
             a.reconnected_at.unwrap_or(a.detected_at),
             a.downtime_seconds
         ),
+        AlertKind::Reminder => format!(
+            "still offline since {} ({}s)",
+            a.disconnected_at, a.downtime_seconds
+        ),
         AlertKind::Flapping | AlertKind::FlappingResolved => {
             let f = a.flap.as_ref();
             format!(

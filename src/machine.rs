@@ -24,6 +24,8 @@ pub struct Policy {
     /// Silent reconnects within `flap_window` that make an identity flapping (`CONNMON_FLAP_*`).
     pub flap_threshold: usize,
     pub flap_window: Duration,
+    /// Repeat a still-open `disconnected` alert this often (`CONNMON_REMIND_EVERY`).
+    pub remind_every: Option<Duration>,
 }
 
 impl Policy {
@@ -36,6 +38,7 @@ impl Policy {
             silences: Vec::new(),
             flap_threshold: 5,
             flap_window: Duration::from_secs(30 * 60),
+            remind_every: None,
         }
     }
 
@@ -78,6 +81,8 @@ pub struct Outage {
     /// When the sweep should look at it: start + the identity's grace when it opened, moved to the
     /// end of a silence that muted it. Meaningful only while no alert is claimed.
     pub due_at: Timestamp,
+    /// After the alert: when the next `reminder` is due (with `CONNMON_REMIND_EVERY`).
+    pub remind_at: Option<Timestamp>,
 }
 
 /// Everything kept about one identity. `Default` is "never heard of".
@@ -114,10 +119,10 @@ impl IdentityState {
     /// When this identity's pending outage is due for the sweep, if one is pending: the value the
     /// stores index.
     pub fn due_at(&self, policy: &Policy) -> Option<Timestamp> {
-        let outage = self
-            .outage
-            .filter(|o| o.alerted_at.is_none())
-            .map(|o| o.due_at);
+        let outage = self.outage.and_then(|o| match o.alerted_at {
+            None => Some(o.due_at),
+            Some(_) => o.remind_at,
+        });
         outage.into_iter().chain(self.calm_at(policy)).min()
     }
 
@@ -135,6 +140,8 @@ pub enum AlertKind {
     Reconnected,
     Flapping,
     FlappingResolved,
+    /// A still-open `disconnected` alert, repeated (same `dedupKey`).
+    Reminder,
 }
 
 impl AlertKind {
@@ -144,6 +151,7 @@ impl AlertKind {
             AlertKind::Reconnected => "reconnected",
             AlertKind::Flapping => "flapping",
             AlertKind::FlappingResolved => "flapping_resolved",
+            AlertKind::Reminder => "reminder",
         }
     }
 }
@@ -413,6 +421,7 @@ fn open_outage(id: &Identity, at: Timestamp, seq: SequenceNumber, policy: &Polic
         seq,
         alerted_at: None,
         due_at: at.plus_millis(millis(policy.grace_for(id))),
+        remind_at: None,
     }
 }
 
@@ -477,6 +486,9 @@ pub fn claim_due(
     now: Timestamp,
     policy: &Policy,
 ) -> Claim {
+    if let Some(claim) = remind(identity, state, now, policy) {
+        return claim;
+    }
     let pending = state
         .outage
         .filter(|o| o.alerted_at.is_none() && o.due_at <= now);
@@ -508,11 +520,47 @@ pub fn claim_due(
     let next = IdentityState {
         outage: Some(Outage {
             alerted_at: Some(now),
+            remind_at: policy.remind_every.map(|r| now.plus_millis(millis(r))),
             ..outage
         }),
         ..state.clone()
     };
     Claim::Alert(next, alert)
+}
+
+/// A reminder for an alerted outage whose `remind_at` has come (snoozed while silenced).
+fn remind(
+    identity: &Identity,
+    state: &IdentityState,
+    now: Timestamp,
+    policy: &Policy,
+) -> Option<Claim> {
+    let outage = state.outage?;
+    outage.alerted_at?;
+    let due = outage.remind_at.filter(|t| *t <= now)?;
+    let with_next = |remind_at: Option<Timestamp>| IdentityState {
+        outage: Some(Outage {
+            remind_at,
+            ..outage
+        }),
+        ..state.clone()
+    };
+    if let Some(until) = policy.silenced_until(identity, now) {
+        return Some(Claim::Snooze(with_next(Some(until.max(due)))));
+    }
+    let next_at = policy.remind_every.map(|r| now.plus_millis(millis(r)));
+    let alert = Alert {
+        kind: AlertKind::Reminder,
+        dedup_key: dedup_key(identity, &outage.seq),
+        identity: identity.clone(),
+        disconnected_at: outage.started_at,
+        reconnected_at: None,
+        downtime_seconds: now.seconds_since(outage.started_at),
+        grace_period_seconds: policy.grace_for(identity).as_secs() as i64,
+        detected_at: now,
+        flap: None,
+    };
+    Some(Claim::Alert(with_next(next_at), alert))
 }
 
 /// A `flapping` alert resolves once its window passed without another silent reconnect.

@@ -79,6 +79,8 @@ pub struct Settings {
     /// `CONNMON_FLAP_THRESHOLD` silent reconnects within `CONNMON_FLAP_WINDOW` make `flapping`.
     pub flap_threshold: usize,
     pub flap_window: Duration,
+    /// `CONNMON_REMIND_EVERY`: repeat still-open `disconnected` alerts; `None` = never.
+    pub remind_every: Option<Duration>,
     pub store: StoreKind,
 }
 
@@ -92,6 +94,7 @@ impl Settings {
             silences: self.silences.clone(),
             flap_threshold: self.flap_threshold,
             flap_window: self.flap_window,
+            remind_every: self.remind_every,
         }
     }
 }
@@ -306,6 +309,23 @@ impl Settings {
                 })?,
         };
 
+        let remind_every = match get("CONNMON_REMIND_EVERY") {
+            None => None,
+            Some(v) => Some(
+                parse_duration(&v)
+                    .filter(|d| {
+                        *d >= Duration::from_secs(60) && *d <= Duration::from_secs(30 * 86_400)
+                    })
+                    .ok_or_else(|| {
+                        bad(
+                            "CONNMON_REMIND_EVERY",
+                            &v,
+                            &format!("{DURATION_FORMS}, between 1m and 30d (unset: no reminders)"),
+                        )
+                    })?,
+            ),
+        };
+
         let store = match get("CONNMON_STORE").as_deref().map(str::trim) {
             None | Some("sqlite") => StoreKind::Sqlite {
                 path: PathBuf::from(
@@ -383,6 +403,7 @@ impl Settings {
             silences,
             flap_threshold,
             flap_window,
+            remind_every,
             store,
         })
     }

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS identities (
     outage_seq    BLOB,
     alerted_at    INTEGER,
     outage_due    INTEGER,            -- when the open outage is due (start + grace, or silence end)
+    remind_at     INTEGER,            -- after the alert: the next reminder (CONNMON_REMIND_EVERY)
     flaps         TEXT,               -- recent silent reconnects, unix ms, comma-separated
     flapping_since INTEGER,           -- an open `flapping` alert
     flapping_seq  BLOB,
@@ -70,7 +71,7 @@ CREATE INDEX IF NOT EXISTS outbox_identity ON outbox(hub, device, module);
 /// the partial index `identities_due`, so its cost follows what is due, not the fleet.
 pub const CLAIM_DUE_SQL: &str =
     "SELECT version, last_seq, last_event_at, connected, outage_start, outage_seq,
-            alerted_at, deleted_at, outage_due, flaps, flapping_since, flapping_seq,
+            alerted_at, deleted_at, outage_due, flaps, flapping_since, flapping_seq, remind_at,
             hub, device, module
      FROM identities WHERE due_at IS NOT NULL AND due_at <= ?1
      ORDER BY due_at LIMIT ?2";
@@ -411,7 +412,7 @@ fn load(tx: &rusqlite::Transaction<'_>, id: &Identity) -> Result<Row, StoreError
     let mut stmt = tx
         .prepare_cached(
             "SELECT version, last_seq, last_event_at, connected, outage_start, outage_seq,
-                    alerted_at, deleted_at, outage_due, flaps, flapping_since, flapping_seq
+                    alerted_at, deleted_at, outage_due, flaps, flapping_since, flapping_seq, remind_at
              FROM identities WHERE hub = ?1 AND device = ?2 AND module = ?3",
         )
         .map_err(db_err)?;
@@ -432,7 +433,8 @@ fn load(tx: &rusqlite::Transaction<'_>, id: &Identity) -> Result<Row, StoreError
 }
 
 /// Maps columns `version, last_seq, last_event_at, connected, outage_start, outage_seq, alerted_at,
-/// deleted_at, outage_due, flaps, flapping_since, flapping_seq` (in that order) to a state.
+/// deleted_at, outage_due, flaps, flapping_since, flapping_seq, remind_at` (in that order) to a
+/// state.
 fn row_to_state(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, IdentityState)> {
     let ts = |v: Option<i64>| v.map(Timestamp::from_unix_millis);
     let outage_start: Option<i64> = r.get(4)?;
@@ -443,6 +445,7 @@ fn row_to_state(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, IdentityState)>
             seq,
             alerted_at: ts(r.get(6)?),
             due_at: ts(r.get(8)?).unwrap_or(Timestamp::from_unix_millis(start)),
+            remind_at: ts(r.get(12)?),
         }),
         _ => None,
     };
@@ -512,14 +515,15 @@ fn save(
         flaps,
         ms(state.flapping.map(|f| f.since)),
         state.flapping.map(|f| f.seq.as_bytes().to_vec()),
+        ms(outage.and_then(|o| o.remind_at)),
     ];
     let changed = match version {
         None => tx
             .prepare_cached(
                 "INSERT INTO identities (hub, device, module, version, last_seq, last_event_at,
                     connected, outage_start, outage_seq, alerted_at, due_at, deleted_at,
-                    outage_due, flaps, flapping_since, flapping_seq)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?14, ?15, ?16, ?17
+                    outage_due, flaps, flapping_since, flapping_seq, remind_at)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?14, ?15, ?16, ?17, ?18
                  WHERE ?13 IS NULL
                  ON CONFLICT DO NOTHING",
             )
@@ -529,7 +533,7 @@ fn save(
                 "UPDATE identities SET version = ?4, last_seq = ?5, last_event_at = ?6,
                     connected = ?7, outage_start = ?8, outage_seq = ?9, alerted_at = ?10,
                     due_at = ?11, deleted_at = ?12, outage_due = ?14, flaps = ?15,
-                    flapping_since = ?16, flapping_seq = ?17
+                    flapping_since = ?16, flapping_seq = ?17, remind_at = ?18
                  WHERE hub = ?1 AND device = ?2 AND module = ?3 AND version = ?13",
             )
             .and_then(|mut s| s.execute(values)),
@@ -682,10 +686,10 @@ fn claim_due(
             let mapped = stmt
                 .query_map(params![now.unix_millis(), limit as i64], |r| {
                     let (version, state) = row_to_state(r)?;
-                    let module: String = r.get(14)?;
+                    let module: String = r.get(15)?;
                     let id = Identity::new(
-                        &r.get::<_, String>(12)?,
                         &r.get::<_, String>(13)?,
+                        &r.get::<_, String>(14)?,
                         Some(module.as_str()),
                     );
                     Ok((id, version, state))

@@ -455,6 +455,52 @@ async fn silenced_outages_wait_in_the_index_and_alert_when_the_silence_ends(b: B
     );
 }
 
+async fn flapping_and_reminders_are_kept_across_a_restart(b: Backend) {
+    let mut policy = Policy::new(GRACE);
+    policy.remind_every = Some(Duration::from_secs(600));
+    let flappy = id("flappy");
+    {
+        let s = b.open_with(policy.clone()).await;
+        let mut events = Vec::new();
+        for i in 0..5u64 {
+            let t = i as i64 * 30;
+            events.push(dis(&flappy, 2 * i + 1, t));
+            events.push(con(&flappy, 2 * i + 2, t + 10));
+        }
+        events.push(dis(&id("down"), 1, 0));
+        let applied = s.apply(events, at(200)).await.unwrap();
+        let kinds: Vec<&str> = applied
+            .iter()
+            .filter_map(|a| a.alert.as_ref())
+            .map(|a| a.kind.as_str())
+            .collect();
+        assert_eq!(kinds, ["flapping"]);
+        assert_eq!(claim_all(&*s, 300).await, ["disconnected down from=0"]);
+    }
+    let s = b.open_with(policy).await;
+    // The last flap started at 120: calm (and resolved) at 120 + 1800; the reminder is due at 900.
+    let kinds = |v: Vec<connmon::machine::Alert>| -> Vec<String> {
+        v.iter()
+            .map(|a| format!("{} {}", a.kind.as_str(), a.identity.device()))
+            .collect()
+    };
+    assert_eq!(
+        kinds(s.claim_due(at(899), 100).await.unwrap()),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        kinds(s.claim_due(at(900), 100).await.unwrap()),
+        ["reminder down"]
+    );
+    let mut at_calm = kinds(s.claim_due(at(1920), 100).await.unwrap());
+    at_calm.sort();
+    assert_eq!(at_calm, ["flapping_resolved flappy", "reminder down"]);
+    assert_eq!(
+        kinds(s.claim_due(at(1920), 100).await.unwrap()),
+        Vec::<String>::new()
+    );
+}
+
 async fn every_allowed_id_character_and_case_round_trips(b: Backend) {
     let s = b.open().await;
     let specials = [
@@ -527,5 +573,6 @@ conformance!(
     the_outbox_keeps_order_backs_off_and_forgets_what_was_delivered,
     an_alert_handed_out_but_never_confirmed_is_handed_out_again,
     silenced_outages_wait_in_the_index_and_alert_when_the_silence_ends,
+    flapping_and_reminders_are_kept_across_a_restart,
     every_allowed_id_character_and_case_round_trips,
 );

@@ -845,3 +845,57 @@ fn two_disconnects_in_a_row_count_as_a_silent_reconnect() {
         ["ALERT flapping d1 from=0 back=200 down=0 n=5 hint=true"]
     );
 }
+
+#[test]
+fn reminders_repeat_an_open_alert_until_it_reconnects_and_respect_silences() {
+    let mut policy = Policy::new(Duration::from_secs(GRACE));
+    policy.remind_every = Some(Duration::from_secs(600));
+    let d = dev("d1");
+    let got = run_with(
+        &policy,
+        &[
+            S::Dis(d.clone(), 1, 0),
+            S::Sweep(300),
+            S::Sweep(899),
+            S::Sweep(900),
+            S::Sweep(1500),
+            S::Con(d.clone(), 2, 1600),
+            S::Sweep(5000),
+        ],
+    );
+    assert_eq!(
+        got,
+        [
+            "d1 opened",
+            "ALERT disconnected d1 from=0 down=300",
+            "ALERT reminder d1 from=0 down=900",
+            "ALERT reminder d1 from=0 down=1500",
+            "d1 reconnected",
+            "ALERT reconnected d1 from=0 back=1600 down=1600",
+        ]
+    );
+    // Without the setting: no reminders at all.
+    let none = run(&[S::Dis(d.clone(), 1, 0), S::Sweep(300), S::Sweep(100_000)]);
+    assert_eq!(alerts_only(none).len(), 1);
+    // A silence snoozes the reminder to its end.
+    policy.silences = vec![Silence {
+        pattern: pat("d1"),
+        until: at(2000),
+    }];
+    let got = run_with(
+        &policy,
+        &[
+            S::Dis(d.clone(), 1, 0),
+            S::Sweep(100),
+            S::Sweep(2000),
+            S::Sweep(2600),
+        ],
+    );
+    assert_eq!(
+        alerts_only(got),
+        [
+            "ALERT disconnected d1 from=0 down=2000",
+            "ALERT reminder d1 from=0 down=2600"
+        ]
+    );
+}

@@ -258,3 +258,39 @@ fn scope_grace_overrides_and_silences_parse_and_name_bad_items() {
         assert!(e.to_string().contains(item), "{e}");
     }
 }
+
+#[test]
+fn flapping_and_reminder_settings() {
+    let s = load(&[
+        ("CONNMON_FLAP_THRESHOLD", "3"),
+        ("CONNMON_FLAP_WINDOW", "1h"),
+        ("CONNMON_REMIND_EVERY", "4h"),
+    ])
+    .unwrap();
+    let p = s.policy();
+    assert_eq!(
+        (p.flap_threshold, p.flap_window, p.remind_every),
+        (
+            3,
+            Duration::from_secs(3600),
+            Some(Duration::from_secs(14_400))
+        )
+    );
+    let d = load(&[]).unwrap().policy();
+    assert_eq!(
+        (d.flap_threshold, d.flap_window, d.remind_every),
+        (5, Duration::from_secs(1800), None)
+    );
+    for (name, value) in [
+        ("CONNMON_FLAP_THRESHOLD", "1"),
+        ("CONNMON_FLAP_THRESHOLD", "many"),
+        ("CONNMON_FLAP_WINDOW", "10s"),
+        ("CONNMON_REMIND_EVERY", "5s"),
+    ] {
+        assert_eq!(
+            load(&[(name, value)]).unwrap_err().name,
+            name,
+            "{name}={value}"
+        );
+    }
+}

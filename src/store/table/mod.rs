@@ -179,6 +179,9 @@ fn identity_entity(pk: &str, id: &Identity, st: &IdentityState, policy: &Policy)
             e.set_i64("alertedAt", a.unix_millis());
         }
         e.set_i64("dueAt", o.due_at.unix_millis());
+        if let Some(r) = o.remind_at {
+            e.set_i64("remindAt", r.unix_millis());
+        }
     }
     if let Some(d) = st.deleted_at {
         e.set_i64("deletedAt", d.unix_millis());
@@ -215,6 +218,7 @@ fn state_of(e: &Entity) -> IdentityState {
             seq,
             alerted_at: ts("alertedAt"),
             due_at: ts("dueAt").unwrap_or(started_at),
+            remind_at: ts("remindAt"),
         }),
         _ => None,
     };
@@ -573,23 +577,24 @@ impl Inner {
                     return Ok(None);
                 }
             };
-            let mut ops = vec![
-                BatchOp::Replace {
-                    entity: identity_entity(pk, &id, &next, &self.cfg.policy),
-                    etag: e.etag.clone().unwrap_or_else(|| "*".into()),
-                },
-                BatchOp::Delete {
+            let mut ops = vec![BatchOp::Replace {
+                entity: identity_entity(pk, &id, &next, &self.cfg.policy),
+                etag: e.etag.clone().unwrap_or_else(|| "*".into()),
+            }];
+            // Move the index entry to the state's next due time (a reminder, the end of a flapping
+            // window or of a silence), or drop it.
+            let next_row = next.due_at(&self.cfg.policy).map(|t| due_key(t, &id));
+            if next_row.as_deref() != Some(due_row) {
+                ops.push(BatchOp::Delete {
                     row_key: due_row.to_string(),
                     etag: "*".into(),
-                },
-            ];
-            match &alert {
-                Some(a) => ops.extend(outbox_ops(pk, &self.cfg.channels, a)?),
-                None => {
-                    if let Some(t) = next.due_at(&self.cfg.policy) {
-                        ops.push(BatchOp::Upsert(Entity::new(pk, &due_key(t, &id))));
-                    }
+                });
+                if let Some(row) = next_row {
+                    ops.push(BatchOp::Upsert(Entity::new(pk, &row)));
                 }
+            }
+            if let Some(a) = &alert {
+                ops.extend(outbox_ops(pk, &self.cfg.channels, a)?);
             }
             match self.client.batch(pk, ops).await {
                 Ok(_) => return Ok(Some(alert.map_or(Claimed::Snoozed, Claimed::Alert))),
