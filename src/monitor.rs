@@ -95,18 +95,49 @@ pub struct SweepReport {
     pub queued_after: u64,
 }
 
+/// An alert raised this long after it was due comes from a backlog: connmon was down, or far
+/// behind, or Event Grid held the events back.
+pub const BACKLOG_LATENESS_SECS: i64 = 300;
+
 impl SweepReport {
+    /// `disconnected` alerts of this sweep that were due long before it.
+    pub fn backlog(&self) -> usize {
+        self.claimed
+            .iter()
+            .filter(|a| a.kind == crate::machine::AlertKind::Disconnected)
+            .filter(|a| a.downtime_seconds - a.grace_period_seconds > BACKLOG_LATENESS_SECS)
+            .count()
+    }
+
     /// The one-line summary for the timer's `Logs`, followed by (a bounded number of) alert lines.
     pub fn log_lines(&self, policy: &Policy) -> Vec<String> {
+        let backlog = self.backlog();
         let mut lines = vec![format!(
-            "connmon sweep: {} new disconnected alert(s), {} delivered, {} queued for retry{} (grace {}s)",
-            self.claimed.len(),
+            "connmon sweep: {} new disconnected alert(s), {} delivered, {} queued for retry{}{}{} (grace {}s)",
+            self.claimed.iter().filter(|a| a.kind == crate::machine::AlertKind::Disconnected).count(),
             self.delivery.delivered,
             self.queued_after,
             if self.delivery.problems.is_empty() {
                 String::new()
             } else {
                 format!(", delivery failing: {}", self.delivery.problems.join("; "))
+            },
+            match self
+                .claimed
+                .iter()
+                .filter(|a| a.kind != crate::machine::AlertKind::Disconnected)
+                .count()
+            {
+                0 => String::new(),
+                n => format!(", {n} reminder/flapping alert(s)"),
+            },
+            if backlog == 0 {
+                String::new()
+            } else {
+                format!(
+                    ", {backlog} of them from a replayed backlog (due over {}s ago: connmon was down or behind; grouped per hub for people)",
+                    BACKLOG_LATENESS_SECS
+                )
             },
             policy.grace_seconds()
         )];

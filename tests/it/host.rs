@@ -786,3 +786,23 @@ fn deleting_an_edge_device_also_forgets_its_modules() {
         s.alert_lines()
     );
 }
+
+#[test]
+fn a_replayed_backlog_is_named_in_the_sweep_summary() {
+    // connmon was down for two hours: 30 outages that were due long ago and one fresh one.
+    let cm = Connmon::functions(&[("CONNMON_GRACE_PERIOD", "5m")]);
+    let events: Vec<Value> = (0..30)
+        .map(|i| disconnected(&format!("old-{i:02}"), 1, &ago(7200)).eg())
+        .chain([disconnected("fresh", 1, &ago(330)).eg()])
+        .collect();
+    assert_eq!(cm.api_events(&Value::Array(events), &[]).status, 200);
+    let s = cm.sweep();
+    assert_eq!(s.new_alerts, 31);
+    assert!(
+        s.logs[0].contains("30 of them from a replayed backlog"),
+        "{:?}",
+        s.logs[0]
+    );
+    // The next sweep has nothing to say about a backlog.
+    assert!(!cm.sweep().logs[0].contains("backlog"));
+}
