@@ -120,6 +120,45 @@ param CONNMON_GRACE_PERIOD string = '5m'
 @secure()
 param CONNMON_ALERT_WEBHOOK_URL string = ''
 
+@description('Microsoft Teams: the URL of a Workflows flow "When a Teams webhook request is received" (with its whole query string; sig= is the credential). Empty: no Teams messages. A secret.')
+@secure()
+param CONNMON_TEAMS_WEBHOOK_URL string = ''
+
+@description('Slack: an incoming webhook URL (https://hooks.slack.com/services/...). Empty: no Slack messages. A secret.')
+@secure()
+param CONNMON_SLACK_WEBHOOK_URL string = ''
+
+@description('PagerDuty: the Events API v2 integration (routing) key of a service, 32 letters and digits. Empty: no PagerDuty events. A secret.')
+@secure()
+param CONNMON_PAGERDUTY_ROUTING_KEY string = ''
+
+@description('PagerDuty: the Events API v2 endpoint. Empty: https://events.pagerduty.com/v2/enqueue (use https://events.eu.pagerduty.com/v2/enqueue for an EU account).')
+param CONNMON_PAGERDUTY_EVENTS_URL string = ''
+
+@description('Identities of one hub alerting in one batch from which Teams, Slack and PagerDuty get one outage summary instead of one message each (2 or more). The generic webhook gets every alert plus the summary.')
+param CONNMON_GROUP_THRESHOLD string = '20'
+
+@description('Only these identities are watched: comma-separated globs over device or device/module ids (e.g. pump-*,*/$edgeHub). Empty: all.')
+param CONNMON_INCLUDE string = ''
+
+@description('These identities are never watched: comma-separated globs over device or device/module ids. Empty: none.')
+param CONNMON_EXCLUDE string = ''
+
+@description('Grace periods per identity: comma-separated glob=duration items, the first match wins (e.g. pump-*=15m,*/$edgeAgent=1h). Empty: CONNMON_GRACE_PERIOD for all.')
+param CONNMON_GRACE_OVERRIDES string = ''
+
+@description('Silences: comma-separated glob@until items, until in RFC 3339 (e.g. site-7-*@2026-12-01T06:00:00Z). Empty: none.')
+param CONNMON_SILENCES string = ''
+
+@description('Silent reconnects (outages shorter than the grace period) within CONNMON_FLAP_WINDOW that raise a flapping alert, 2 to 64.')
+param CONNMON_FLAP_THRESHOLD string = '5'
+
+@description('The window in which silent reconnects are counted for flapping: 30m, 1h ... between 1m and 7d.')
+param CONNMON_FLAP_WINDOW string = '30m'
+
+@description('Repeat the alert of a device that stays offline this often (e.g. 4h). Empty: no reminders.')
+param CONNMON_REMIND_EVERY string = ''
+
 @description('table = Azure Table Storage, shared by every instance (use it on Azure); sqlite = one embedded file, a single instance only, and it needs a writable CONNMON_SQLITE_PATH (the app folder is read-only when run from the package).')
 @allowed([
   'sqlite'
@@ -207,6 +246,18 @@ module functionApp 'modules/functionapp.bicep' = {
     CONNMON_TABLE_NAME: CONNMON_TABLE_NAME
     CONNMON_TABLE_CONNECTION: CONNMON_TABLE_CONNECTION
     CONNMON_SQLITE_PATH: CONNMON_SQLITE_PATH
+    CONNMON_TEAMS_WEBHOOK_URL: CONNMON_TEAMS_WEBHOOK_URL
+    CONNMON_SLACK_WEBHOOK_URL: CONNMON_SLACK_WEBHOOK_URL
+    CONNMON_PAGERDUTY_ROUTING_KEY: CONNMON_PAGERDUTY_ROUTING_KEY
+    CONNMON_PAGERDUTY_EVENTS_URL: CONNMON_PAGERDUTY_EVENTS_URL
+    CONNMON_GROUP_THRESHOLD: CONNMON_GROUP_THRESHOLD
+    CONNMON_INCLUDE: CONNMON_INCLUDE
+    CONNMON_EXCLUDE: CONNMON_EXCLUDE
+    CONNMON_GRACE_OVERRIDES: CONNMON_GRACE_OVERRIDES
+    CONNMON_SILENCES: CONNMON_SILENCES
+    CONNMON_FLAP_THRESHOLD: CONNMON_FLAP_THRESHOLD
+    CONNMON_FLAP_WINDOW: CONNMON_FLAP_WINDOW
+    CONNMON_REMIND_EVERY: CONNMON_REMIND_EVERY
   }
 }
 

@@ -58,6 +58,21 @@ param CONNMON_TABLE_NAME string
 @secure()
 param CONNMON_TABLE_CONNECTION string
 param CONNMON_SQLITE_PATH string
+@secure()
+param CONNMON_TEAMS_WEBHOOK_URL string
+@secure()
+param CONNMON_SLACK_WEBHOOK_URL string
+@secure()
+param CONNMON_PAGERDUTY_ROUTING_KEY string
+param CONNMON_PAGERDUTY_EVENTS_URL string
+param CONNMON_GROUP_THRESHOLD string
+param CONNMON_INCLUDE string
+param CONNMON_EXCLUDE string
+param CONNMON_GRACE_OVERRIDES string
+param CONNMON_SILENCES string
+param CONNMON_FLAP_THRESHOLD string
+param CONNMON_FLAP_WINDOW string
+param CONNMON_REMIND_EVERY string
 
 var isFlex = plan == 'flex'
 var isPremium = plan == 'premium'
@@ -77,8 +92,8 @@ var hostSettings = {
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD'
 }
 
-// A setting that is present but blank counts as unset in connmon, so the two secrets can always be
-// written, empty by default. CONNMON_LISTEN and CONNMON_SWEEP_INTERVAL are standalone-only and not set.
+// A setting that is present but blank counts as unset in connmon, so the secrets (and every optional
+// setting) can always be written, empty by default. CONNMON_LISTEN and CONNMON_SWEEP_INTERVAL are standalone-only and not set.
 var connmonSettings = {
   CONNMON_GRACE_PERIOD: CONNMON_GRACE_PERIOD
   CONNMON_ALERT_WEBHOOK_URL: CONNMON_ALERT_WEBHOOK_URL
@@ -86,6 +101,18 @@ var connmonSettings = {
   CONNMON_TABLE_NAME: CONNMON_TABLE_NAME
   CONNMON_TABLE_CONNECTION: CONNMON_TABLE_CONNECTION
   CONNMON_SQLITE_PATH: CONNMON_SQLITE_PATH
+  CONNMON_TEAMS_WEBHOOK_URL: CONNMON_TEAMS_WEBHOOK_URL
+  CONNMON_SLACK_WEBHOOK_URL: CONNMON_SLACK_WEBHOOK_URL
+  CONNMON_PAGERDUTY_ROUTING_KEY: CONNMON_PAGERDUTY_ROUTING_KEY
+  CONNMON_PAGERDUTY_EVENTS_URL: CONNMON_PAGERDUTY_EVENTS_URL
+  CONNMON_GROUP_THRESHOLD: CONNMON_GROUP_THRESHOLD
+  CONNMON_INCLUDE: CONNMON_INCLUDE
+  CONNMON_EXCLUDE: CONNMON_EXCLUDE
+  CONNMON_GRACE_OVERRIDES: CONNMON_GRACE_OVERRIDES
+  CONNMON_SILENCES: CONNMON_SILENCES
+  CONNMON_FLAP_THRESHOLD: CONNMON_FLAP_THRESHOLD
+  CONNMON_FLAP_WINDOW: CONNMON_FLAP_WINDOW
+  CONNMON_REMIND_EVERY: CONNMON_REMIND_EVERY
 }
 
 // Premium and Dedicated: the runtime is chosen by app settings. The custom handler stack's Linux entry

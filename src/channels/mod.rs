@@ -9,11 +9,18 @@
 //! | channel | file | what it sends |
 //! |---|---|---|
 //! | `webhook` | `webhook.rs` | the generic `{"alerts": [...]}` batch of design.md, plus `outage` summaries |
+//! | `teams` | `teams.rs` | one Adaptive Card 1.4 per batch through a Workflows webhook |
+//! | `slack` | `slack.rs` | one Block Kit message per batch through an incoming webhook |
+//! | `pagerduty` | `pagerduty.rs` | Events API v2 `trigger` / `resolve` events, one per notice |
 //! | `queue` | `queue.rs` | the timer invocation's `Outputs` for a declared queue binding |
 //! | `log` | here | nothing: alerts are logged when raised; used when no other channel is set |
+//!
+//! The three channels for people group a batch's alerts per hub (`grouping.rs`) and share their
+//! wording in `people.rs`.
 
 pub mod grouping;
 pub mod pagerduty;
+pub mod people;
 pub mod queue;
 pub mod slack;
 pub mod teams;

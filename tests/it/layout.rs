@@ -154,8 +154,27 @@ fn local_settings_example_lists_every_setting_with_its_default() {
         "CONNMON_TABLE_NAME",
         "CONNMON_LISTEN",
         "CONNMON_SWEEP_INTERVAL",
+        "CONNMON_TEAMS_WEBHOOK_URL",
+        "CONNMON_SLACK_WEBHOOK_URL",
+        "CONNMON_PAGERDUTY_ROUTING_KEY",
+        "CONNMON_PAGERDUTY_EVENTS_URL",
+        "CONNMON_GROUP_THRESHOLD",
+        "CONNMON_INCLUDE",
+        "CONNMON_EXCLUDE",
+        "CONNMON_GRACE_OVERRIDES",
+        "CONNMON_SILENCES",
+        "CONNMON_FLAP_THRESHOLD",
+        "CONNMON_FLAP_WINDOW",
+        "CONNMON_REMIND_EVERY",
     ] {
         assert!(values.contains_key(name), "{name} missing");
+    }
+    // And every setting the binary reads (a `"CONNMON_…"` literal in src/) is listed.
+    for name in settings_in_src() {
+        assert!(
+            values.contains_key(&name),
+            "{name} is read in src/ but missing from local.settings.json.example"
+        );
     }
     // The values shown are the defaults: loading them equals loading nothing.
     let map: HashMap<String, String> = values
@@ -165,6 +184,39 @@ fn local_settings_example_lists_every_setting_with_its_default() {
         .collect();
     let from_example = Settings::from_lookup(|k| map.get(k).cloned()).unwrap();
     assert_eq!(from_example, Settings::from_lookup(|_| None).unwrap());
+}
+
+/// Every `"CONNMON_…"` string literal in src/ (what infra/validate also scans for).
+fn settings_in_src() -> std::collections::BTreeSet<String> {
+    fn walk(dir: &std::path::Path, out: &mut std::collections::BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for part in text.split("\"CONNMON_").skip(1) {
+                    let tail: String = part
+                        .chars()
+                        .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                        .collect();
+                    if part[tail.len()..].starts_with('"') {
+                        out.insert(format!("CONNMON_{tail}"));
+                    }
+                }
+            }
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut out,
+    );
+    assert!(
+        out.contains("CONNMON_GRACE_PERIOD"),
+        "the scan works: {out:?}"
+    );
+    out
 }
 
 #[test]

@@ -70,6 +70,11 @@ const SETTINGS: &[&str] = &[
     "FUNCTIONS_HTTPWORKER_PORT",
     "CONNMON_GRACE_PERIOD",
     "CONNMON_ALERT_WEBHOOK_URL",
+    "CONNMON_TEAMS_WEBHOOK_URL",
+    "CONNMON_SLACK_WEBHOOK_URL",
+    "CONNMON_PAGERDUTY_ROUTING_KEY",
+    "CONNMON_PAGERDUTY_EVENTS_URL",
+    "CONNMON_GROUP_THRESHOLD",
     "CONNMON_STORE",
     "CONNMON_SQLITE_PATH",
     "CONNMON_LISTEN",
@@ -679,6 +684,8 @@ impl Sweep {
 pub enum Answer {
     Status(u16),
     StatusWith(u16, Vec<(String, String)>),
+    /// A status, headers and a plain-text body (Slack answers `ok`, `channel_not_found`, …).
+    Text(u16, Vec<(String, String)>, String),
     /// Close the connection without answering.
     Close,
 }
@@ -723,9 +730,10 @@ impl Received {
     }
 }
 
-#[derive(Default)]
 struct Log {
     script: VecDeque<Answer>,
+    /// The answer once the script is used up.
+    then: Answer,
     requests: Vec<Received>,
 }
 
@@ -741,7 +749,16 @@ pub struct Receiver {
 impl Receiver {
     /// On a fresh port; answers `script` in order, then 200 to everything.
     pub fn start(script: Vec<Answer>) -> Receiver {
-        Receiver::listen(TcpListener::bind("127.0.0.1:0").expect("bind"), script)
+        Receiver::start_then(script, Answer::Status(200))
+    }
+
+    /// On a fresh port; answers `script` in order, then `then` to everything.
+    pub fn start_then(script: Vec<Answer>, then: Answer) -> Receiver {
+        Receiver::listen(
+            TcpListener::bind("127.0.0.1:0").expect("bind"),
+            script,
+            then,
+        )
     }
 
     /// On a given port (one reserved earlier with [`free_port`]).
@@ -749,14 +766,16 @@ impl Receiver {
         Receiver::listen(
             TcpListener::bind(("127.0.0.1", port)).expect("bind the reserved port"),
             script,
+            Answer::Status(200),
         )
     }
 
-    fn listen(listener: TcpListener, script: Vec<Answer>) -> Receiver {
+    fn listen(listener: TcpListener, script: Vec<Answer>, then: Answer) -> Receiver {
         let port = listener.local_addr().expect("addr").port();
         let shared: Shared = Arc::new((
             Mutex::new(Log {
                 script: script.into(),
+                then,
                 requests: Vec::new(),
             }),
             Condvar::new(),
@@ -839,10 +858,12 @@ fn serve_connection(conn: TcpStream, shared: Shared) {
         let (lock, cv) = &*shared;
         let answer = {
             let mut log = lock.lock().unwrap();
-            let answer = log.script.pop_front().unwrap_or(Answer::Status(200));
+            let answer = log.script.pop_front().unwrap_or_else(|| log.then.clone());
             req.answered = match &answer {
                 Answer::Close => None,
-                Answer::Status(code) | Answer::StatusWith(code, _) => Some(*code),
+                Answer::Status(code) | Answer::StatusWith(code, _) | Answer::Text(code, _, _) => {
+                    Some(*code)
+                }
             };
             log.requests.push(req);
             answer
@@ -853,18 +874,23 @@ fn serve_connection(conn: TcpStream, shared: Shared) {
                 let _ = conn.shutdown(Shutdown::Both);
                 return;
             }
-            Answer::Status(code) => write_answer(&mut conn, code, &[]),
-            Answer::StatusWith(code, headers) => write_answer(&mut conn, code, &headers),
+            Answer::Status(code) => write_answer(&mut conn, code, &[], "{}"),
+            Answer::StatusWith(code, headers) => write_answer(&mut conn, code, &headers, "{}"),
+            Answer::Text(code, headers, body) => write_answer(&mut conn, code, &headers, &body),
         }
     }
 }
 
-fn write_answer(conn: &mut TcpStream, code: u16, headers: &[(String, String)]) {
-    let mut head = format!("HTTP/1.1 {code} Scripted\r\nContent-Length: 2\r\n");
+fn write_answer(conn: &mut TcpStream, code: u16, headers: &[(String, String)], body: &str) {
+    let mut head = format!(
+        "HTTP/1.1 {code} Scripted\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
-    head.push_str("\r\n{}");
+    head.push_str("\r\n");
+    head.push_str(body);
     let _ = conn.write_all(head.as_bytes());
 }
 
