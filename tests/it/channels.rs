@@ -1131,3 +1131,64 @@ fn flapping_and_reminders_read_as_such_for_people() {
     assert_eq!(evs[1].action, "resolve");
     assert_eq!(evs[1].dedup_key, flapping.dedup_key);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The Functions queue output binding
+
+#[test]
+fn a_declared_queue_output_binding_gets_every_alert_as_one_message_object() {
+    let function_json = r#"{"bindings": [
+        {"type": "timerTrigger", "name": "timer", "direction": "in", "schedule": "0 * * * * *"},
+        {"type": "queue", "direction": "out", "name": "alerts", "queueName": "connmon-alerts",
+         "connection": "AzureWebJobsStorage"}
+    ]}"#;
+    let cm = Connmon::start_with_files(
+        Mode::Functions,
+        &[("CONNMON_GRACE_PERIOD", "5m")],
+        &[("DisconnectTimer/function.json", function_json)],
+    );
+    assert!(
+        cm.stdout().contains("alert channels: queue"),
+        "{}",
+        cm.stdout()
+    );
+    cm.event(&disconnected("q-1", 1, &ago(600)));
+    cm.event(&disconnected("q-2", 1, &ago(500)).module("$edgeHub"));
+    let resp = cm.invoke(
+        "DisconnectTimer",
+        &fixture_json("host/timer-monitor-on.captured.json"),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let body = resp.json();
+    let messages = body["Outputs"]["alerts"]
+        .as_array()
+        .expect("Outputs.alerts is an array");
+    // One message per alert, each a JSON object (a string could be split or base64-decoded).
+    assert_eq!(messages.len(), 2, "{body}");
+    assert!(messages.iter().all(Value::is_object), "{body}");
+    assert_eq!(messages[0]["deviceId"], "q-1");
+    assert_eq!(messages[1]["moduleId"], "$edgeHub");
+    assert_eq!(messages[0]["kind"], "disconnected");
+    assert_eq!(body["ReturnValue"], Value::Null);
+    // Handed over once: the next sweep's Outputs carry an empty array.
+    let again = cm
+        .invoke(
+            "DisconnectTimer",
+            &fixture_json("host/timer-monitor-on.captured.json"),
+        )
+        .json();
+    assert_eq!(again["Outputs"]["alerts"], serde_json::json!([]));
+}
+
+#[test]
+fn without_a_queue_binding_the_outputs_stay_empty() {
+    let cm = Connmon::functions(&[("CONNMON_GRACE_PERIOD", "5m")]);
+    cm.event(&disconnected("q-1", 1, &ago(600)));
+    let body = cm
+        .invoke(
+            "DisconnectTimer",
+            &fixture_json("host/timer-monitor-on.captured.json"),
+        )
+        .json();
+    assert_eq!(body["Outputs"], serde_json::json!({}));
+}

@@ -111,8 +111,20 @@ impl Connmon {
     }
 
     pub fn start(mode: Mode, env: &[(&str, &str)]) -> Connmon {
+        Connmon::start_with_files(mode, env, &[])
+    }
+
+    /// Like [`Connmon::start`], with files written into its working directory (the app root under
+    /// the host) first, e.g. `("DisconnectTimer/function.json", "...")`.
+    pub fn start_with_files(mode: Mode, env: &[(&str, &str)], files: &[(&str, &str)]) -> Connmon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (path, text) in files {
+            let full = dir.path().join(path);
+            std::fs::create_dir_all(full.parent().expect("a file in a folder")).expect("mkdir");
+            std::fs::write(full, text).expect("write file");
+        }
         let mut c = Connmon {
-            dir: tempfile::tempdir().expect("temp dir"),
+            dir,
             mode,
             env: owned(env),
             child: None,
