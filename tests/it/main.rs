@@ -6,6 +6,7 @@ mod support;
 mod conformance;
 mod core;
 mod decode;
+mod grouping;
 mod layout;
 mod settings;
 mod store;
