@@ -76,6 +76,31 @@ pub const CLAIM_DUE_SQL: &str =
      FROM identities WHERE due_at IS NOT NULL AND due_at <= ?1
      ORDER BY due_at LIMIT ?2";
 
+/// The layout `SCHEMA` creates, stored in SQLite's `user_version`. A file written with another
+/// layout is refused with a clear message instead of being misread.
+pub const SCHEMA_VERSION: i64 = 1;
+
+fn check_schema_version(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(db_err)?;
+    let has_tables: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'identities')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db_err)?;
+    if has_tables && version != SCHEMA_VERSION {
+        return Err(StoreError::Unavailable(format!(
+            "SQLite file {} has data layout version {version}, this connmon needs {SCHEMA_VERSION}: \
+             move the file aside (or set CONNMON_SQLITE_PATH to a new file) and start again",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 enum Command {
     Apply {
         events: Vec<ConnectionEvent>,
@@ -136,7 +161,10 @@ impl SqliteStore {
         }
         conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;")
             .map_err(db_err)?;
+        check_schema_version(&conn, path)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(db_err)?;
         let (tx, rx) = mpsc::channel(16_384);
         std::thread::Builder::new()
             .name("connmon-sqlite".into())

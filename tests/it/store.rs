@@ -85,3 +85,33 @@ async fn a_locked_database_fails_the_call_and_recovers_when_released() {
         .unwrap();
     assert_eq!(ok[0].outcome, Outcome::Opened);
 }
+
+#[tokio::test]
+async fn a_file_with_another_data_layout_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    drop(open(&path));
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    let cfg = StoreConfig {
+        policy: Policy::new(Duration::from_secs(300)),
+        channels: vec!["log".into()],
+    };
+    let err = SqliteStore::open(&path, cfg.clone())
+        .err()
+        .expect("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("layout version 99") && msg.contains("CONNMON_SQLITE_PATH"),
+        "{msg}"
+    );
+    // A fresh file gets the current version.
+    let fresh = dir.path().join("fresh.db");
+    drop(SqliteStore::open(&fresh, cfg).unwrap());
+    let v: i64 = rusqlite::Connection::open(&fresh)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, connmon::store::sqlite::SCHEMA_VERSION);
+}
