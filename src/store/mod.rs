@@ -28,6 +28,26 @@ pub struct StoreConfig {
     pub channels: Vec<String>,
 }
 
+/// Times as stored in one text column or property: unix milliseconds, comma-separated (the
+/// flapping history). `None` for an empty list.
+pub(crate) fn encode_times(times: &[Timestamp]) -> Option<String> {
+    (!times.is_empty()).then(|| {
+        let v: Vec<String> = times.iter().map(|t| t.unix_millis().to_string()).collect();
+        v.join(",")
+    })
+}
+
+/// The inverse of [`encode_times`]; unreadable items are skipped.
+pub(crate) fn decode_times(text: Option<&str>) -> Vec<Timestamp> {
+    text.map(|f| {
+        f.split(',')
+            .filter_map(|t| t.parse().ok())
+            .map(Timestamp::from_unix_millis)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
 /// What applying one event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {

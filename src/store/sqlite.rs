@@ -10,7 +10,9 @@
 //! so two processes on one file — which SQLite serialises with its write lock — can never lose an
 //! update either.
 
-use super::{Applied, BoxFuture, QueuedAlert, Store, StoreConfig, StoreError};
+use super::{
+    decode_times, encode_times, Applied, BoxFuture, QueuedAlert, Store, StoreConfig, StoreError,
+};
 use crate::alerts::AlertBody;
 use crate::machine::{self, Alert, Claim, Flapping, IdentityState, Outage, Policy};
 use crate::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
@@ -485,15 +487,7 @@ fn row_to_state(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, IdentityState)>
             connected: r.get::<_, Option<bool>>(3)?,
             outage,
             deleted_at: ts(r.get(7)?),
-            flaps: r
-                .get::<_, Option<String>>(9)?
-                .map(|f| {
-                    f.split(',')
-                        .filter_map(|t| t.parse().ok())
-                        .map(Timestamp::from_unix_millis)
-                        .collect()
-                })
-                .unwrap_or_default(),
+            flaps: decode_times(r.get::<_, Option<String>>(9)?.as_deref()),
             flapping: match (ts(r.get(10)?), seq_from(r.get(11)?)) {
                 (Some(since), Some(seq)) => Some(Flapping { since, seq }),
                 _ => None,
@@ -517,14 +511,7 @@ fn save(
     let last_seq = state.last_seq.map(|s| s.as_bytes().to_vec());
     let outage_seq = outage.map(|o| o.seq.as_bytes().to_vec());
     let new_version = version.map_or(1, |v| v + 1);
-    let flaps = (!state.flaps.is_empty()).then(|| {
-        let v: Vec<String> = state
-            .flaps
-            .iter()
-            .map(|t| t.unix_millis().to_string())
-            .collect();
-        v.join(",")
-    });
+    let flaps = encode_times(&state.flaps);
     let values = params![
         id.hub(),
         id.device(),

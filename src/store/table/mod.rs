@@ -28,7 +28,9 @@ pub mod auth;
 pub mod client;
 pub mod conn;
 
-use super::{Applied, BoxFuture, QueuedAlert, Store, StoreConfig, StoreError};
+use super::{
+    decode_times, encode_times, Applied, BoxFuture, QueuedAlert, Store, StoreConfig, StoreError,
+};
 use crate::alerts::AlertBody;
 use crate::machine::{self, Alert, Claim, Flapping, IdentityState, Outage, Policy};
 use crate::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
@@ -186,13 +188,8 @@ fn identity_entity(pk: &str, id: &Identity, st: &IdentityState, policy: &Policy)
     if let Some(d) = st.deleted_at {
         e.set_i64("deletedAt", d.unix_millis());
     }
-    if !st.flaps.is_empty() {
-        let flaps: Vec<String> = st
-            .flaps
-            .iter()
-            .map(|t| t.unix_millis().to_string())
-            .collect();
-        e.set_str("flaps", &flaps.join(","));
+    if let Some(flaps) = encode_times(&st.flaps) {
+        e.set_str("flaps", &flaps);
     }
     if let Some(f) = st.flapping {
         e.set_i64("flappingSince", f.since.unix_millis());
@@ -227,15 +224,7 @@ fn state_of(e: &Entity) -> IdentityState {
         _ => None,
     };
     IdentityState {
-        flaps: e
-            .get_str("flaps")
-            .map(|f| {
-                f.split(',')
-                    .filter_map(|t| t.parse().ok())
-                    .map(Timestamp::from_unix_millis)
-                    .collect()
-            })
-            .unwrap_or_default(),
+        flaps: decode_times(e.get_str("flaps")),
         flapping,
         last_seq: seq("lastSeq"),
         last_event_at: ts("lastEventAt"),
