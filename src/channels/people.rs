@@ -364,6 +364,21 @@ impl Pace {
 /// query values (Slack's token is the last path segment, Teams' `sig` a query value) — for
 /// [`scrub`]. Parts shorter than 16 characters (`services`, `invoke`, `2016-06-01`) are left out:
 /// they are not the credential and replacing them would garble messages.
+/// One paced POST of a people-channel message to a webhook whose URL is the credential: waits
+/// for the pace, posts, and scrubs the URL (and its path segments) from any failure text.
+pub async fn post_paced(
+    pace: &Pace,
+    client: &reqwest::Client,
+    url: &str,
+    body: String,
+    accept: impl Fn(u16, &str) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    pace.wait().await;
+    super::post_json(client, url, body, accept)
+        .await
+        .map_err(|f| scrub(f, &url_secrets(url)))
+}
+
 pub fn url_secrets(url: &str) -> Vec<String> {
     let mut out = vec![url.to_string()];
     if let Ok(u) = reqwest::Url::parse(url) {

@@ -14,7 +14,7 @@
 
 use super::grouping::{group, Notice};
 use super::people::{self, Pace};
-use super::{http_client, post_json, Channel, Failure};
+use super::{http_client, Channel, Failure};
 use crate::alerts::AlertBody;
 use crate::settings::Secret;
 use crate::store::BoxFuture;
@@ -169,10 +169,8 @@ impl Channel for Teams {
                 return Ok(());
             }
             let body = body(alerts, self.group_threshold);
-            self.pace.wait().await;
-            post_json(&self.client, self.url.expose(), body, |_, _| Ok(()))
-                .await
-                .map_err(|f| people::scrub(f, &people::url_secrets(self.url.expose())))
+            let accept = |_: u16, _: &str| Ok(());
+            people::post_paced(&self.pace, &self.client, self.url.expose(), body, accept).await
         })
     }
 }
