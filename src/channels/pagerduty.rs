@@ -148,40 +148,50 @@ fn flapping_summary(a: &AlertBody) -> String {
     people::clip(&summary, SUMMARY_CHARS)
 }
 
+/// A `trigger` about one identity, keyed by its alert's `dedupKey`.
+fn device_trigger(
+    routing_key: &str,
+    a: &AlertBody,
+    summary: impl serde::Serialize,
+    severity: &str,
+    class: &str,
+) -> Event {
+    trigger(
+        routing_key,
+        &a.dedup_key,
+        json!({
+            "summary": summary,
+            "source": people::clip(&a.hub, 255),
+            "severity": severity,
+            "timestamp": a.disconnected_at,
+            "component": people::clip(&display_id(a), 255),
+            "group": people::clip(&a.hub, 255),
+            "class": class,
+            "custom_details": a,
+        }),
+    )
+}
+
 /// The events for a batch (oldest first), in order.
 pub fn events(alerts: &[AlertBody], group_threshold: usize, routing_key: &str) -> Vec<Event> {
     let mut out = Vec::new();
     for n in group(alerts, group_threshold) {
         match n {
             Notice::Single(a) => match a.kind.as_str() {
-                "disconnected" => out.push(trigger(
+                "disconnected" => out.push(device_trigger(
                     routing_key,
-                    &a.dedup_key,
-                    json!({
-                        "summary": single_summary(a),
-                        "source": people::clip(&a.hub, 255),
-                        "severity": "error",
-                        "timestamp": a.disconnected_at,
-                        "component": people::clip(&display_id(a), 255),
-                        "group": people::clip(&a.hub, 255),
-                        "class": CLASS,
-                        "custom_details": a,
-                    }),
+                    a,
+                    single_summary(a),
+                    "error",
+                    CLASS,
                 )),
                 "reconnected" | "flapping_resolved" => out.push(resolve(routing_key, &a.dedup_key)),
-                "flapping" => out.push(trigger(
+                "flapping" => out.push(device_trigger(
                     routing_key,
-                    &a.dedup_key,
-                    json!({
-                        "summary": flapping_summary(a),
-                        "source": people::clip(&a.hub, 255),
-                        "severity": "warning",
-                        "timestamp": a.disconnected_at,
-                        "component": people::clip(&display_id(a), 255),
-                        "group": people::clip(&a.hub, 255),
-                        "class": FLAPPING_CLASS,
-                        "custom_details": a,
-                    }),
+                    a,
+                    flapping_summary(a),
+                    "warning",
+                    FLAPPING_CLASS,
                 )),
                 // A reminder repeats an open incident's alert: PagerDuty keeps the incident open and
                 // re-notifies by its escalation policy, and a repeated trigger on an open key
