@@ -12,14 +12,16 @@
 //! Smoke (1,000 identities, one repetition): `cargo bench --bench sweep -- --smoke`, or
 //! `cargo test --benches` (no `--bench` argument).
 
+mod support;
+
 use connmon::machine::Policy;
 use connmon::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
 use connmon::store::sqlite::SqliteStore;
 use connmon::store::{Store, StoreConfig};
 use std::time::{Duration, Instant};
 
-/// What `Monitor` claims per call.
-const CLAIM_CHUNK: usize = 5000;
+/// What `Monitor` claims per call (`--chunk` tries another).
+const CLAIM_CHUNK: usize = 20_000;
 /// Events per `Store::apply` call while loading.
 const LOAD_BATCH: usize = 5000;
 const GRACE_MS: i64 = 300_000;
@@ -30,6 +32,7 @@ struct Fleet {
     n: usize,
     seq: u64,
     now: Timestamp,
+    chunk: usize,
 }
 
 impl Fleet {
@@ -87,11 +90,11 @@ impl Fleet {
         let mut claimed = 0;
         loop {
             let n = rt
-                .block_on(self.store.claim_due(self.now, CLAIM_CHUNK))
+                .block_on(self.store.claim_due(self.now, self.chunk))
                 .expect("claim_due")
                 .len();
             claimed += n;
-            if n < CLAIM_CHUNK {
+            if n < self.chunk {
                 break;
             }
         }
@@ -108,17 +111,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// `VmHWM` / `VmRSS` of this process in KiB, from `/proc/self/status`.
-fn proc_status_kib(field: &str) -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    s.lines()
-        .find(|l| l.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 /// Moves the WAL into the main file (from a second connection; the store's writer is idle), so
 /// the file's size is what the data takes.
 fn checkpoint(path: &std::path::Path) {
@@ -131,7 +123,7 @@ fn file_len(p: &std::path::Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
 
-fn run_size(rt: &tokio::runtime::Runtime, n: usize, reps: usize, empty_reps: usize) {
+fn run_size(rt: &tokio::runtime::Runtime, n: usize, chunk: usize, reps: usize, empty_reps: usize) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("sweep.db");
     let store = SqliteStore::open(
@@ -148,6 +140,7 @@ fn run_size(rt: &tokio::runtime::Runtime, n: usize, reps: usize, empty_reps: usi
         n,
         seq: 0,
         now,
+        chunk,
     };
 
     let t = Instant::now();
@@ -223,8 +216,8 @@ fn run_size(rt: &tokio::runtime::Runtime, n: usize, reps: usize, empty_reps: usi
         file_len(&path),
         file_len(&path) as f64 / n as f64,
         file_len(&path.with_extension("db-wal")),
-        proc_status_kib("VmHWM:").unwrap_or(0),
-        proc_status_kib("VmRSS:").unwrap_or(0),
+        support::proc_status_kib("self", "VmHWM:"),
+        support::proc_status_kib("self", "VmRSS:"),
     );
 }
 
@@ -242,17 +235,24 @@ fn main() {
         None if smoke => vec![1000],
         None => vec![10_000, 100_000, 1_000_000],
     };
+    let chunk = match args.iter().position(|a| a == "--chunk") {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|s| s.parse().ok())
+            .expect("--chunk needs a number"),
+        None => CLAIM_CHUNK,
+    };
     let (reps, empty_reps) = if smoke { (1, 1) } else { (3, 21) };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     println!(
-        "sweep bench: claim_due chunks of {CLAIM_CHUNK}, grace {} s, channels [log]; VmHWM is the \
+        "sweep bench: claim_due chunks of {chunk}, grace {} s, channels [log]; VmHWM is the \
          whole process so far (sizes run in increasing order)",
         GRACE_MS / 1000
     );
     for n in sizes {
-        run_size(&rt, n, reps, empty_reps);
+        run_size(&rt, n, chunk, reps, empty_reps);
     }
 }

@@ -622,8 +622,10 @@ pub fn dedup_key(identity: &Identity, seq: &SequenceNumber) -> String {
     let digest = h.finalize();
     let mut s = String::with_capacity(40);
     s.push_str("cm1-");
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     for b in &digest[..16] {
-        s.push_str(&format!("{b:02x}"));
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 0xf)] as char);
     }
     s
 }

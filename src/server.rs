@@ -118,11 +118,11 @@ async fn ingest(
     m: &Monitor,
     headers: &HeaderMap,
     body: Body,
-    decode: fn(&Value) -> Result<Vec<decode::Decoded>, EnvelopeError>,
+    decode: fn(&[u8]) -> Result<Vec<decode::Decoded>, EnvelopeError>,
 ) -> Result<IngestReport, ApiError> {
     let received_at = Timestamp::now();
     let bytes = read_body(headers, body).await?;
-    let items = decode(&decode::parse_json(&bytes)?)?;
+    let items = decode(&bytes)?;
     Ok(m.ingest(items, received_at).await?)
 }
 
@@ -131,7 +131,7 @@ async fn connection_event(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let report = ingest(&m, &headers, body, decode::decode_host_invocation).await?;
+    let report = ingest(&m, &headers, body, decode::decode_host_invocation_bytes).await?;
     let mut logs = vec![report.summary()];
     logs.extend(report.rejected.iter().map(|r| format!("rejected: {r}")));
     logs.extend(
@@ -178,7 +178,10 @@ async fn webhook_events(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let report = ingest(&m, &headers, body, decode::decode_delivery).await?;
+    let report = ingest(&m, &headers, body, |b| {
+        decode::decode_delivery(&decode::parse_json(b)?)
+    })
+    .await?;
     if let Some(code) = report.validation_codes.first() {
         crate::log::info("answered an Event Grid subscription validation handshake");
         return Ok(Json(json!({ "validationResponse": code })).into_response());

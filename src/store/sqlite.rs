@@ -22,6 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Most commands folded into one transaction; bounds the latency one commit adds to the first caller.
 const MAX_BATCH: usize = 2048;
+/// SQLite page cache per connection, KiB.
+const CACHE_KIB: u32 = 64 * 1024;
 /// Tombstones of deleted identities are kept this long: Event Grid retries for up to 24 hours, so
 /// anything older cannot be a late delivery of a pre-deletion event.
 const TOMBSTONE_KEEP_MS: i64 = 7 * 86_400_000;
@@ -161,8 +163,15 @@ impl SqliteStore {
                 path.display()
             )));
         }
-        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;")
-            .map_err(db_err)?;
+        // 64 MiB of page cache (SQLite's default is 2 MiB): a sweep claims outages in due order,
+        // which is random against the identity table's key order, so at a million identities
+        // (~100 MB of rows) most claims would otherwise read their page from the OS again.
+        // The cache fills only as pages are used.
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; PRAGMA cache_size=-{};",
+            CACHE_KIB
+        ))
+        .map_err(db_err)?;
         check_schema_version(&conn, path)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)

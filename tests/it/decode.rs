@@ -392,3 +392,70 @@ fn a_mixed_batch_decodes_item_by_item() {
         .collect();
     assert_eq!(kinds, ["event", "rejected", "rejected", "event"]);
 }
+
+/// The server's fast path (`decode_host_invocation_bytes`, no `Value` trees for the envelope)
+/// must answer exactly as parsing the whole body and decoding it does, error messages included.
+#[test]
+fn host_fast_path_agrees_with_the_value_path() {
+    let slow = |b: &[u8]| decode::parse_json(b).and_then(|v| decode::decode_host_invocation(&v));
+    let ev: Value =
+        serde_json::from_slice(&fixture("events/eg-cosmos-tutorial-device-connected.json"))
+            .unwrap();
+    let obj = ev[0].clone();
+    let s1 = Value::String(obj.to_string());
+    let s2 = Value::String(s1.to_string());
+    let s3 = Value::String(s2.to_string());
+    let mut bodies: Vec<Vec<u8>> = vec![
+        fixture("host/eventgrid-invocation.derived.json"),
+        b"".to_vec(),
+        b"{".to_vec(),
+        b"\xff\xfe".to_vec(),
+        b"[]".to_vec(),
+        b"{\"Data\": {\"eventGridEvent\": \" \\\"{}\\\"\"}}".to_vec(),
+        b"{\"Data\": {\"eventGridEvent\": \"  {\\\"eventType\\\": 1}\"}}".to_vec(),
+    ];
+    for data in [
+        obj.clone(),
+        s1,
+        s2,
+        s3,
+        ev.clone(),
+        json!([obj.to_string()]),
+        json!("{not json"),
+        json!(42),
+        json!(null),
+    ] {
+        for body in [
+            json!({"Data": {"eventGridEvent": data.clone()}, "Metadata": {"sys": {"MethodName": "ConnectionEvent"}}}),
+            json!({"Data": {"other": data.clone()}}),
+            json!({"data": {"eventGridEvent": data.clone()}}),
+            json!({"Data": {"a": data.clone(), "b": data.clone()}}),
+            json!({"Data": {"a": data.clone(), "eventGridEvent": data.clone()}}),
+        ] {
+            bodies.push(body.to_string().into_bytes());
+        }
+    }
+    for entry in std::fs::read_dir(format!("{}/tests/fixtures", env!("CARGO_MANIFEST_DIR")))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).into_iter().flatten())
+    {
+        let raw = std::fs::read(entry.unwrap().path()).unwrap();
+        if let Ok(v) = serde_json::from_slice::<Value>(&raw) {
+            bodies.push(
+                json!({"Data": {"eventGridEvent": v.to_string()}})
+                    .to_string()
+                    .into_bytes(),
+            );
+        }
+        bodies.push(raw);
+    }
+    assert!(bodies.len() > 50);
+    for body in &bodies {
+        assert_eq!(
+            decode::decode_host_invocation_bytes(body),
+            slow(body),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+}
