@@ -355,7 +355,7 @@ fn hub_from_topic(topic: &str) -> Option<String> {
 }
 
 /// Keeps attacker-controlled text short in log lines.
-fn clip(s: &str) -> String {
+pub fn clip(s: &str) -> String {
     const MAX: usize = 100;
     if s.chars().count() <= MAX {
         s.to_string()

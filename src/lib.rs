@@ -138,9 +138,18 @@ pub async fn run(
         }
         Mode::Functions { .. } => None,
     };
-    let result = axum::serve(listener, server::app(monitor))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let key = match settings.mode {
+        Mode::Standalone { key, listen, .. } => {
+            if key.is_none() && !listen.ip().is_loopback() {
+                log::warn(format_args!(
+                    "listening on {listen} without CONNMON_WEBHOOK_KEY: anyone who can reach this address can post events and trigger sweeps; set CONNMON_WEBHOOK_KEY and add `?code=<key>` to the Event Grid subscription's endpoint"
+                ));
+            }
+            key
+        }
+        Mode::Functions { .. } => None,
+    };
+    let result = server::serve(listener, server::app(monitor, key), shutdown).await;
     if let Some(t) = ticker {
         t.abort();
     }

@@ -18,6 +18,9 @@ use std::sync::Arc;
 const CLAIM_CHUNK: usize = 20_000;
 /// Alert lines copied into one timer invocation's `Logs` (all of them always reach stderr).
 const MAX_ALERT_LOG_LINES: usize = 100;
+/// Rejected events of one delivery logged one by one (and listed in the host's `Logs`); the rest
+/// are counted in one line, so a flood of junk cannot flood the log.
+pub const MAX_REJECTION_LOG_LINES: usize = 10;
 
 /// Running totals since start-up, reported on `GET /` and in sweep summaries.
 #[derive(Debug, Default)]
@@ -209,15 +212,23 @@ impl Monitor {
                 Decoded::Validation { code } => report.validation_codes.push(code),
                 Decoded::Ignored { .. } => report.ignored += 1,
                 Decoded::Rejected { reason, event_id } => {
-                    log::warn(format_args!(
-                        "event rejected (acknowledged, not applied): {reason}{}",
-                        event_id
-                            .map(|id| format!(" [event id {id:?}]"))
-                            .unwrap_or_default()
-                    ));
+                    if report.rejected.len() < MAX_REJECTION_LOG_LINES {
+                        log::warn(format_args!(
+                            "event rejected (acknowledged, not applied): {reason}{}",
+                            event_id
+                                .map(|id| format!(" [event id {:?}]", crate::decode::clip(&id)))
+                                .unwrap_or_default()
+                        ));
+                    }
                     report.rejected.push(reason);
                 }
             }
+        }
+        if report.rejected.len() > MAX_REJECTION_LOG_LINES {
+            log::warn(format_args!(
+                "{} more event(s) of this delivery rejected (acknowledged, not applied)",
+                report.rejected.len() - MAX_REJECTION_LOG_LINES
+            ));
         }
         Counters::add(&self.counters.ignored, report.ignored);
         Counters::add(&self.counters.out_of_scope, report.out_of_scope);

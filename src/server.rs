@@ -9,35 +9,155 @@
 //! | `OPTIONS /api/events` | Event Grid CloudEvents abuse-protection handshake |
 //!
 //! Status codes live in [`ApiError`]: 400 for a body that is not JSON or not an envelope, 413 over
-//! [`MAX_BODY`], 503 when the store failed (so Event Grid or the host redelivers). A body that is
+//! [`MAX_BODY`], 408 for a body slower than [`BODY_READ_TIMEOUT`], 401 without the standalone
+//! webhook key when one is set, 503 when the store failed (so Event Grid or the host redelivers). A body that is
 //! accepted is acknowledged with 200 even when some events in it were rejected (design.md rule 8).
 
 use crate::decode::{self, EnvelopeError};
 use crate::model::Timestamp;
 use crate::monitor::{IngestReport, Monitor};
+use crate::settings::Secret;
 use crate::store::StoreError;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Largest accepted request body: Event Grid's own limit for one event and for one array.
 pub const MAX_BODY: usize = 1024 * 1024;
+/// A client must send a request's headers within this long (also between keep-alive requests),
+/// or its connection is closed: slow-loris clients cannot pile up connections.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client must send the whole body within this long, or gets 408. Event Grid itself waits 30 s
+/// for an answer.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Builds the router. Tests call it in-process; `run` serves it on a socket.
-pub fn app(monitor: Arc<Monitor>) -> Router {
-    Router::new()
-        .route("/", get(health))
+/// Builds the router. Tests call it in-process; [`serve`] serves it on a socket. With a `key`
+/// (standalone `CONNMON_WEBHOOK_KEY`) every route but `GET /` wants it.
+pub fn app(monitor: Arc<Monitor>, key: Option<Secret<String>>) -> Router {
+    let mut guarded = Router::new()
         .route("/ConnectionEvent", post(connection_event))
         .route("/DisconnectTimer", post(disconnect_timer))
-        .route("/api/events", post(webhook_events).options(webhook_options))
+        .route("/api/events", post(webhook_events).options(webhook_options));
+    if let Some(key) = key {
+        let guard = Arc::new(KeyGuard {
+            digest: Sha256::digest(key.expose().as_bytes()).into(),
+            rejected: AtomicU64::new(0),
+            last_note: std::sync::Mutex::new(None),
+        });
+        guarded = guarded.route_layer(middleware::from_fn_with_state(guard, require_key));
+    }
+    guarded
+        .route("/", get(health))
         .fallback(not_found)
         .with_state(monitor)
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then lets requests in flight finish (up to
+/// 10 s). HTTP/1.1 with [`HEADER_READ_TIMEOUT`]; a failed `accept` (out of file descriptors, say)
+/// is retried after a pause instead of ending the server.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    crate::log::warn(format_args!("cannot accept a connection: {e}"));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(
+                TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(app.clone()),
+            );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+    Ok(())
+}
+
+/// `CONNMON_WEBHOOK_KEY`, kept only as its digest, and how many requests lacked it.
+struct KeyGuard {
+    digest: [u8; 32],
+    rejected: AtomicU64,
+    last_note: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl KeyGuard {
+    /// Compares digests in constant time, so response timing says nothing about the key.
+    fn accepts(&self, given: &str) -> bool {
+        let d: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        d.iter()
+            .zip(self.digest)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+
+    /// Counts a rejection; logs the count at most once a minute (a flood must not flood the log).
+    fn note_rejection(&self) {
+        let n = self.rejected.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last = self.last_note.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            *last = Some(std::time::Instant::now());
+            crate::log::warn(format_args!(
+                "refused a request without the right CONNMON_WEBHOOK_KEY ({n} so far): an Event Grid subscription whose endpoint lacks `?code=<key>`, or someone else"
+            ));
+        }
+    }
+}
+
+/// The key from the `x-functions-key` header or the `code` query parameter (percent-decoded).
+fn given_key(req: &Request) -> Option<String> {
+    if let Some(v) = req.headers().get("x-functions-key") {
+        return v.to_str().ok().map(str::to_string);
+    }
+    req.uri().query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == "code").then(|| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+async fn require_key(State(guard): State<Arc<KeyGuard>>, req: Request, next: Next) -> Response {
+    if given_key(&req).is_some_and(|k| guard.accepts(&k)) {
+        return next.run(req).await;
+    }
+    guard.note_rejection();
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({ "error": "missing or wrong key: pass CONNMON_WEBHOOK_KEY as the `code` query parameter or the `x-functions-key` header" })),
+    )
+        .into_response()
 }
 
 /// Every non-2xx answer, in one place.
@@ -45,6 +165,8 @@ pub fn app(monitor: Arc<Monitor>) -> Router {
 pub enum ApiError {
     BadRequest(String),
     TooLarge,
+    /// The body did not arrive within [`BODY_READ_TIMEOUT`].
+    Timeout,
     Store(StoreError),
 }
 
@@ -68,6 +190,13 @@ impl IntoResponse for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("body is larger than {MAX_BODY} bytes"),
             ),
+            ApiError::Timeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+            ),
             ApiError::Store(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         };
         (status, Json(json!({ "error": msg }))).into_response()
@@ -83,7 +212,8 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(ApiError::TooLarge);
     }
-    match Limited::new(body, MAX_BODY).collect().await {
+    let read = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, MAX_BODY).collect());
+    match read.await.map_err(|_| ApiError::Timeout)? {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::TooLarge),
         Err(e) => Err(ApiError::BadRequest(format!(
@@ -133,7 +263,17 @@ async fn connection_event(
 ) -> Result<Response, ApiError> {
     let report = ingest(&m, &headers, body, decode::decode_host_invocation_bytes).await?;
     let mut logs = vec![report.summary()];
-    logs.extend(report.rejected.iter().map(|r| format!("rejected: {r}")));
+    let shown = crate::monitor::MAX_REJECTION_LOG_LINES;
+    logs.extend(
+        report
+            .rejected
+            .iter()
+            .take(shown)
+            .map(|r| format!("rejected: {r}")),
+    );
+    if report.rejected.len() > shown {
+        logs.push(format!("rejected: {} more", report.rejected.len() - shown));
+    }
     logs.extend(
         report
             .alerts

@@ -21,6 +21,9 @@ pub enum Mode {
     Standalone {
         listen: SocketAddr,
         sweep_interval: Duration,
+        /// `CONNMON_WEBHOOK_KEY`: when set, every route but `GET /` wants it (`code` query
+        /// parameter or `x-functions-key` header).
+        key: Option<Secret<String>>,
     },
 }
 
@@ -383,9 +386,23 @@ impl Settings {
                             )
                         })?,
                 };
+                let key = match get("CONNMON_WEBHOOK_KEY") {
+                    None => None,
+                    Some(k) if valid_key(k.trim()) => Some(Secret::new(k.trim().to_string())),
+                    Some(_) => {
+                        return Err(SettingsError {
+                            name: "CONNMON_WEBHOOK_KEY",
+                            value: None,
+                            expected: format!(
+                                "expected {MIN_KEY_LEN} to 256 letters, digits, `-`, `.`, `_` or `~` (for example the output of `openssl rand -hex 32`)"
+                            ),
+                        })
+                    }
+                };
                 Mode::Standalone {
                     listen,
                     sweep_interval,
+                    key,
                 }
             }
         };
@@ -407,6 +424,16 @@ impl Settings {
             store,
         })
     }
+}
+
+/// The shortest `CONNMON_WEBHOOK_KEY` accepted: guessing 16 random characters is hopeless.
+pub const MIN_KEY_LEN: usize = 16;
+
+/// A webhook key travels in a URL's query string, so only characters that need no escaping there.
+fn valid_key(k: &str) -> bool {
+    (MIN_KEY_LEN..=256).contains(&k.len())
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
 }
 
 /// Table Storage's rule for table names (`Tables` is reserved).

@@ -158,10 +158,13 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 }
 
 /// POSTs a JSON body; any 2xx is success unless `accept` says otherwise about the answer's body.
+/// Every failure's text is scrubbed of `secrets` (see [`people::url_secrets`]) before anything
+/// is shortened, so an answer that echoes the credential cannot leak even part of it.
 pub async fn post_json(
     client: &reqwest::Client,
     url: &str,
     body: String,
+    secrets: &[String],
     accept: impl Fn(u16, &str) -> Result<(), Failure>,
 ) -> Result<(), Failure> {
     let resp = client
@@ -170,12 +173,12 @@ pub async fn post_json(
         .body(body)
         .send()
         .await
-        .map_err(|e| Failure::Transient(describe(e)))?;
+        .map_err(|e| people::scrub(Failure::Transient(describe(e)), secrets))?;
     let status = resp.status().as_u16();
     let after = retry_after(resp.headers());
-    let text = resp.text().await.unwrap_or_default();
+    let text = people::scrub_text(resp.text().await.unwrap_or_default(), secrets);
     if (200..300).contains(&status) {
-        return accept(status, &text);
+        return accept(status, &text).map_err(|f| people::scrub(f, secrets));
     }
     // Service error bodies are short codes (`no_text`, `invalid_payload`); keep at most a few words.
     let detail: String = text.chars().take(80).filter(|c| !c.is_control()).collect();

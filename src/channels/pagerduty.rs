@@ -274,15 +274,15 @@ impl Channel for PagerDuty {
                     &self.client,
                     &self.settings.events_url,
                     ev.body.to_string(),
+                    std::slice::from_ref(key),
                     accept,
                 )
                 .await;
                 if let Err(f) = result {
-                    let f = match f {
+                    return Err(match f {
                         Failure::Throttled(m, None) => Failure::Throttled(m, Some(THROTTLE_WAIT)),
                         other => other,
-                    };
-                    return Err(people::scrub(f, std::slice::from_ref(key)));
+                    });
                 }
                 self.remember(mark);
             }

@@ -374,9 +374,7 @@ pub async fn post_paced(
     accept: impl Fn(u16, &str) -> Result<(), Failure>,
 ) -> Result<(), Failure> {
     pace.wait().await;
-    super::post_json(client, url, body, accept)
-        .await
-        .map_err(|f| scrub(f, &url_secrets(url)))
+    super::post_json(client, url, body, &url_secrets(url), accept).await
 }
 
 pub fn url_secrets(url: &str) -> Vec<String> {
@@ -396,18 +394,21 @@ pub fn url_secrets(url: &str) -> Vec<String> {
     out
 }
 
+/// `text` with every secret replaced by `<redacted>`.
+pub fn scrub_text(text: String, secrets: &[String]) -> String {
+    secrets.iter().fold(text, |m, s| {
+        if !s.is_empty() && m.contains(s.as_str()) {
+            m.replace(s.as_str(), "<redacted>")
+        } else {
+            m
+        }
+    })
+}
+
 /// `f` with every secret replaced by `<redacted>`: an error body that echoes the request (a proxy,
 /// a misconfigured receiver) must not carry the credential into the logs.
 pub fn scrub(f: Failure, secrets: &[String]) -> Failure {
-    let clean = |m: String| {
-        secrets.iter().fold(m, |m, s| {
-            if m.contains(s.as_str()) {
-                m.replace(s.as_str(), "<redacted>")
-            } else {
-                m
-            }
-        })
-    };
+    let clean = |m: String| scrub_text(m, secrets);
     match f {
         Failure::Transient(m) => Failure::Transient(clean(m)),
         Failure::Throttled(m, after) => Failure::Throttled(clean(m), after),

@@ -10,6 +10,8 @@ use crate::store::BoxFuture;
 
 pub struct Webhook {
     url: Secret<String>,
+    /// The URL's credential-bearing parts, scrubbed from failure messages.
+    secrets: Vec<String>,
     client: reqwest::Client,
     group_threshold: usize,
 }
@@ -17,6 +19,7 @@ pub struct Webhook {
 impl Webhook {
     pub fn new(url: Secret<String>, group_threshold: usize) -> Webhook {
         Webhook {
+            secrets: super::people::url_secrets(url.expose()),
             url,
             client: http_client(),
             group_threshold,
@@ -51,7 +54,14 @@ impl Channel for Webhook {
     fn send<'a>(&'a self, alerts: &'a [AlertBody]) -> BoxFuture<'a, Result<(), Failure>> {
         Box::pin(async move {
             let body = body(alerts, self.group_threshold);
-            post_json(&self.client, self.url.expose(), body, |_, _| Ok(())).await
+            post_json(
+                &self.client,
+                self.url.expose(),
+                body,
+                &self.secrets,
+                |_, _| Ok(()),
+            )
+            .await
         })
     }
 }

@@ -154,6 +154,7 @@ fn local_settings_example_lists_every_setting_with_its_default() {
         "CONNMON_TABLE_NAME",
         "CONNMON_LISTEN",
         "CONNMON_SWEEP_INTERVAL",
+        "CONNMON_WEBHOOK_KEY",
         "CONNMON_TEAMS_WEBHOOK_URL",
         "CONNMON_SLACK_WEBHOOK_URL",
         "CONNMON_PAGERDUTY_ROUTING_KEY",

@@ -7,6 +7,7 @@ mod conformance;
 mod core;
 mod decode;
 mod grouping;
+mod hostile;
 mod layout;
 mod settings;
 mod store;

@@ -27,7 +27,8 @@ fn defaults_match_the_design() {
         s.mode,
         Mode::Standalone {
             listen: "127.0.0.1:8080".parse().unwrap(),
-            sweep_interval: Duration::from_secs(30)
+            sweep_interval: Duration::from_secs(30),
+            key: None,
         }
     );
 }

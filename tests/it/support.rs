@@ -81,6 +81,7 @@ const SETTINGS: &[&str] = &[
     "CONNMON_SWEEP_INTERVAL",
     "CONNMON_TABLE_CONNECTION",
     "CONNMON_TABLE_NAME",
+    "CONNMON_WEBHOOK_KEY",
     "AzureWebJobsStorage",
     "AzureWebJobsStorage__accountName",
     "AzureWebJobsStorage__tableServiceUri",
