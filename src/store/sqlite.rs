@@ -176,11 +176,31 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(db_err)?;
+        // Checkpoints run on their own thread and connection, off the commit path: a commit only
+        // appends to the WAL and syncs it, and never waits for the database file to be synced.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(db_err)?;
+        let checkpointer = Checkpointer::open(path)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let (tx, rx) = mpsc::channel(16_384);
-        std::thread::Builder::new()
-            .name("connmon-sqlite".into())
-            .spawn(move || Writer { conn, cfg }.run(rx))
-            .map_err(|e| StoreError::Unavailable(format!("cannot start the SQLite thread: {e}")))?;
+        let start = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map(drop)
+                .map_err(|e| StoreError::Unavailable(format!("cannot start a SQLite thread: {e}")))
+        };
+        start(
+            "connmon-checkpoint",
+            Box::new(move || checkpointer.run(stopped)),
+        )?;
+        start(
+            "connmon-sqlite",
+            Box::new(move || {
+                Writer { conn, cfg }.run(rx);
+                drop(stop);
+            }),
+        )?;
         Ok(SqliteStore { tx })
     }
 
@@ -296,6 +316,49 @@ impl Pending {
 struct Writer {
     conn: Connection,
     cfg: StoreConfig,
+}
+
+/// How often the checkpointer moves committed WAL frames into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// A second connection that checkpoints the WAL (`PASSIVE`: never blocks the writer) every
+/// [`CHECKPOINT_EVERY`], and truncates it once the writer has stopped.
+struct Checkpointer {
+    conn: Connection,
+}
+
+impl Checkpointer {
+    fn open(path: &Path) -> Result<Checkpointer, StoreError> {
+        let conn = Connection::open(path).map_err(db_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db_err)?;
+        conn.execute_batch("PRAGMA synchronous=FULL;")
+            .map_err(db_err)?;
+        Ok(Checkpointer { conn })
+    }
+
+    fn checkpoint(&self, mode: &str) -> Result<(), rusqlite::Error> {
+        self.conn
+            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+    }
+
+    fn run(self, stopped: std::sync::mpsc::Receiver<()>) {
+        use std::sync::mpsc::RecvTimeoutError;
+        let mut last_problem = None;
+        while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+            // A failure (disk full, say) leaves the frames in the WAL, where they are durable;
+            // the next round tries again. Logged when it starts and when it changes.
+            let problem = self.checkpoint("PASSIVE").err().map(|e| e.to_string());
+            if problem.is_some() && problem != last_problem {
+                crate::log::warn(format_args!(
+                    "SQLite checkpoint failed (committed data is safe in the WAL): {}",
+                    problem.as_deref().unwrap_or_default()
+                ));
+            }
+            last_problem = problem;
+        }
+        let _ = self.checkpoint("TRUNCATE");
+    }
 }
 
 impl Writer {
