@@ -14,6 +14,7 @@ mod table_client;
 
 mod alert_webhook;
 mod channels;
+mod crash;
 mod host;
 mod multi_instance;
 mod restart;

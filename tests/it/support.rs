@@ -282,11 +282,7 @@ impl Connmon {
 
     /// The host invoking `function` with `body` (host headers, chunked in several chunks).
     pub fn invoke(&self, function: &str, body: &Value) -> Response {
-        Request::post(&format!("/{function}"))
-            .host_headers()
-            .body(body.to_string().into_bytes())
-            .chunked(3)
-            .send(self.port)
+        invocation_request(function, body).send(self.port)
     }
 
     /// Delivers one event through `ConnectionEvent` the way the host most likely encodes it
@@ -302,8 +298,9 @@ impl Connmon {
 
     /// The timer trigger firing (captured payload): one sweep. Asserts success.
     pub fn sweep(&self) -> Sweep {
-        let body = fixture_json("host/timer-monitor-on.captured.json");
-        Sweep::parse(host_logs(&self.invoke("DisconnectTimer", &body)))
+        Sweep::parse(host_logs(
+            &self.invoke("DisconnectTimer", &timer_invocation()),
+        ))
     }
 
     /// Sweeps every 200 ms until one delivers something or `within` passes; returns every sweep.
@@ -336,6 +333,20 @@ impl Connmon {
         }
         req.send(self.port)
     }
+}
+
+/// The request the host sends to invoke `function` with `body` (host headers, chunked in several
+/// chunks); send it with [`Request::try_send`] where the process may be gone.
+pub fn invocation_request(function: &str, body: &Value) -> Request {
+    Request::post(&format!("/{function}"))
+        .host_headers()
+        .body(body.to_string().into_bytes())
+        .chunked(3)
+}
+
+/// The timer trigger's invocation body (captured from the host).
+pub fn timer_invocation() -> Value {
+    fixture_json("host/timer-monitor-on.captured.json")
 }
 
 impl Drop for Connmon {
@@ -700,6 +711,22 @@ pub enum Answer {
     Text(u16, Vec<(String, String)>, String),
     /// Close the connection without answering.
     Close,
+    /// Wait, then answer as the inner answer says: a slow receiver, or with `Close` inside one
+    /// that hangs until the sender gives up.
+    After(Duration, Box<Answer>),
+}
+
+impl Answer {
+    /// The status the receiver will answer with (`None`: it closes without answering).
+    fn code(&self) -> Option<u16> {
+        match self {
+            Answer::Close => None,
+            Answer::Status(code) | Answer::StatusWith(code, _) | Answer::Text(code, _, _) => {
+                Some(*code)
+            }
+            Answer::After(_, inner) => inner.code(),
+        }
+    }
 }
 
 /// One request the receiver got, and what it answered (`None`: closed without answering).
@@ -710,6 +737,8 @@ pub struct Received {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub answered: Option<u16>,
+    /// When the request had been read in full.
+    pub at: Instant,
 }
 
 impl Received {
@@ -871,26 +900,33 @@ fn serve_connection(conn: TcpStream, shared: Shared) {
         let answer = {
             let mut log = lock.lock().unwrap();
             let answer = log.script.pop_front().unwrap_or_else(|| log.then.clone());
-            req.answered = match &answer {
-                Answer::Close => None,
-                Answer::Status(code) | Answer::StatusWith(code, _) | Answer::Text(code, _, _) => {
-                    Some(*code)
-                }
-            };
+            req.answered = answer.code();
             log.requests.push(req);
             answer
         };
         cv.notify_all();
-        match answer {
-            Answer::Close => {
-                let _ = conn.shutdown(Shutdown::Both);
-                return;
-            }
-            Answer::Status(code) => write_answer(&mut conn, code, &[], "{}"),
-            Answer::StatusWith(code, headers) => write_answer(&mut conn, code, &headers, "{}"),
-            Answer::Text(code, headers, body) => write_answer(&mut conn, code, &headers, &body),
+        if !answer_with(&mut conn, answer) {
+            return;
         }
     }
+}
+
+/// Writes `answer`; `false` when the connection is closed instead.
+fn answer_with(conn: &mut TcpStream, answer: Answer) -> bool {
+    match answer {
+        Answer::Close => {
+            let _ = conn.shutdown(Shutdown::Both);
+            return false;
+        }
+        Answer::After(wait, inner) => {
+            thread::sleep(wait);
+            return answer_with(conn, *inner);
+        }
+        Answer::Status(code) => write_answer(conn, code, &[], "{}"),
+        Answer::StatusWith(code, headers) => write_answer(conn, code, &headers, "{}"),
+        Answer::Text(code, headers, body) => write_answer(conn, code, &headers, &body),
+    }
+    true
 }
 
 fn write_answer(conn: &mut TcpStream, code: u16, headers: &[(String, String)], body: &str) {
@@ -959,6 +995,7 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<Received> {
         headers,
         body,
         answered: None,
+        at: Instant::now(),
     })
 }
 
