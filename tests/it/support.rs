@@ -771,6 +771,23 @@ impl Received {
     }
 }
 
+/// (kind, deviceId) of each alert, in order.
+pub fn names(alerts: &[Value]) -> Vec<(String, String)> {
+    alerts
+        .iter()
+        .map(|a| {
+            (
+                a["kind"].as_str().unwrap().to_string(),
+                a["deviceId"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+pub fn pair(kind: &str, device: &str) -> (String, String) {
+    (kind.to_string(), device.to_string())
+}
+
 struct Log {
     script: VecDeque<Answer>,
     /// The answer once the script is used up.
