@@ -13,6 +13,9 @@ use connmon::machine::Policy;
 use connmon::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
 use connmon::settings::Secret;
 use connmon::store::{Store, StoreConfig};
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -27,8 +30,31 @@ fn start_with_webhook(rx: &Receiver, extra: &[(&str, &str)]) -> Connmon {
     Connmon::functions(&env)
 }
 
+/// `(kind, deviceId)` of every alert the receiver accepted, in arrival order.
+fn delivered(rx: &Receiver) -> Vec<(String, String)> {
+    names(&rx.delivered())
+}
+
 fn disc(device: &str) -> (String, String) {
     pair("disconnected", device)
+}
+
+/// Posts `ev` as the host does and returns the answer, whatever its status.
+fn post_event(cm: &Connmon, ev: &Ev) -> Response {
+    cm.invoke(
+        "ConnectionEvent",
+        &invocation(encode(&ev.eg(), Enc::StrInStr)),
+    )
+}
+
+/// The timer firing; the answer whatever its status.
+fn post_sweep(cm: &Connmon) -> Response {
+    cm.invoke("DisconnectTimer", &timer_invocation())
+}
+
+fn assert_alive(cm: &mut Connmon) {
+    assert!(cm.is_running(), "connmon exited:\n{}", cm.stderr());
+    cm.counters();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -283,4 +309,229 @@ fn the_retry_schedule_backs_off_10s_doubling_to_10min_table() {
         .block_on(connmon::store::table::TableStore::open(client, cfg))
         .unwrap();
     backoff_schedule(rt, Arc::new(store));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Store failure: SQLite
+
+/// The launcher for a connmon whose working directory has a 1 MiB tmpfs mounted at `db`, in a
+/// mount namespace of its own (a user namespace makes this work without being root). Panics with
+/// the reason when the machine does not allow it.
+fn small_tmpfs_launcher() -> Vec<&'static str> {
+    let probe = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "true"])
+        .output();
+    match probe {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => panic!(
+            "this test mounts a small tmpfs in a private mount namespace (`unshare --user \
+             --map-root-user --mount`), which this machine refuses: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => panic!("this test needs `unshare` (util-linux): {e}"),
+    }
+    vec![
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "sh",
+        "-c",
+        "mkdir -p db && mount -t tmpfs -o size=1m connmon-test db && exec \"$0\"",
+    ]
+}
+
+/// Writes zeros to `path` until the file system is full; returns how many bytes fitted.
+fn fill_up(path: &Path) -> u64 {
+    let mut f = std::fs::File::create(path).expect("create the filler");
+    let chunk = vec![0u8; 16 * 1024];
+    let mut total = 0;
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(e) if e.kind() == ErrorKind::StorageFull => break,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    total
+}
+
+#[test]
+fn a_full_disk_answers_503_keeps_the_process_up_and_recovers_when_space_is_freed() {
+    let rx = Receiver::start(vec![]);
+    let url = rx.url("/alerts");
+    let mut cm = Connmon::launched(
+        Mode::Functions,
+        &[
+            ("CONNMON_GRACE_PERIOD", "2s"),
+            ("CONNMON_ALERT_WEBHOOK_URL", &url),
+            ("CONNMON_SQLITE_PATH", "db/connmon.db"),
+        ],
+        &small_tmpfs_launcher(),
+    );
+    // The tmpfs as connmon sees it, through its process's root.
+    let db_dir = PathBuf::from(format!("/proc/{}/root{}/db", cm.pid(), cm.dir().display()));
+    assert!(db_dir.join("connmon.db").exists(), "{}", db_dir.display());
+
+    let before = disconnected("before-full", 1, &ago(600));
+    assert!(cm.event(&before)[0].contains("[opened=1]"));
+
+    let filler = db_dir.join("filler");
+    let bytes = fill_up(&filler);
+    eprintln!("filled the 1 MiB tmpfs with {bytes} bytes");
+
+    // Nothing can be made durable: every delivery is refused with 503, Event Grid's cue to retry.
+    let during = disconnected("during-full", 1, &ago(500));
+    for _ in 0..3 {
+        let msg = error_message(&post_event(&cm, &during), 503);
+        assert!(msg.contains("disk is full"), "{msg}");
+    }
+    // The sweep cannot record its claim either: no alert goes out that the store did not keep.
+    let msg = error_message(&post_sweep(&cm), 503);
+    assert!(msg.contains("disk is full"), "{msg}");
+    assert!(rx.requests().is_empty(), "nothing delivered unclaimed");
+    assert_alive(&mut cm);
+    assert_eq!(cm.counters()["storeFailures"], 4);
+
+    // Space comes back: the redelivery is applied, the sweep claims and delivers both, once.
+    std::fs::remove_file(&filler).unwrap();
+    assert!(cm.event(&during)[0].contains("[opened=1]"));
+    assert!(cm.event(&before)[0].contains("[duplicate=1]"), "kept");
+    let s = cm.sweep();
+    assert_eq!((s.new_alerts, s.delivered, s.queued), (2, 2, 0), "{s:?}");
+    assert_eq!(delivered(&rx), [disc("before-full"), disc("during-full")]);
+    assert_eq!(cm.sweep().new_alerts, 0);
+    assert!(cm.stderr().contains("disk is full"), "logged");
+}
+
+/// Runs connmon as an unprivileged user when the tests run as root (root writes read-only files).
+fn unprivileged_launcher() -> Vec<&'static str> {
+    let uid = Command::new("id").arg("-u").output().expect("id -u");
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Vec::new();
+    }
+    vec![
+        "sh",
+        "-c",
+        "chmod 0777 . && exec setpriv --reuid=65534 --regid=65534 --clear-groups \"$0\"",
+    ]
+}
+
+/// A SQLite file that is not writable when connmon starts stops it with exit code 1 and a clear
+/// line (the host restarts it and answers Event Grid non-2xx meanwhile); once writable, it starts
+/// with everything acknowledged before.
+#[test]
+fn a_read_only_sqlite_file_stops_start_up_clearly_and_nothing_acknowledged_is_lost() {
+    let mut cm = Connmon::launched(
+        Mode::Functions,
+        &[("CONNMON_GRACE_PERIOD", "2s")],
+        &unprivileged_launcher(),
+    );
+    let ev = disconnected("read-only", 1, &ago(600));
+    assert!(cm.event(&ev)[0].contains("[opened=1]"));
+    cm.kill();
+
+    let db = cm.db_path();
+    let writable = std::fs::metadata(&db).unwrap().permissions();
+    let mut read_only = writable.clone();
+    read_only.set_readonly(true);
+    std::fs::set_permissions(&db, read_only).unwrap();
+    let why = cm
+        .try_start_again()
+        .expect_err("a read-only file is refused");
+    assert!(why.contains("exit status: 1"), "{why}");
+    let stderr = cm.stderr();
+    let line = stderr.lines().last().unwrap_or_default();
+    assert!(
+        line.starts_with("connmon: ") && line.contains("readonly database"),
+        "{stderr}"
+    );
+
+    std::fs::set_permissions(&db, writable).unwrap();
+    cm.start_again();
+    assert!(
+        cm.event(&ev)[0].contains("[duplicate=1]"),
+        "the state was kept"
+    );
+    assert_eq!(cm.sweep().new_alerts, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Store failure: Azure Table Storage (an Azurite of the test's own, stopped and started)
+
+fn start_on_table(az: &Azurite, rx: &Receiver) -> Connmon {
+    let conn = az.connection_string();
+    start_with_webhook(
+        rx,
+        &[
+            ("CONNMON_STORE", "table"),
+            ("CONNMON_TABLE_CONNECTION", &conn),
+            ("CONNMON_TABLE_NAME", "faults"),
+        ],
+    )
+}
+
+/// While the storage service is down: deliveries and sweeps are answered 503 within the client's
+/// retry budget, and the process stays up.
+fn while_storage_is_down(cm: &mut Connmon, ev: &Ev) {
+    for _ in 0..2 {
+        let started = Instant::now();
+        let msg = error_message(&post_event(cm, ev), 503);
+        assert!(msg.contains("Azure Table Storage"), "{msg}");
+        assert!(
+            started.elapsed() < Duration::from_secs(12),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let msg = error_message(&post_sweep(cm), 503);
+    assert!(msg.contains("Azure Table Storage"), "{msg}");
+    assert_alive(cm);
+}
+
+#[test]
+fn table_storage_stopped_mid_run_answers_503_and_recovers_with_its_data() {
+    let mut az = Azurite::persistent();
+    let rx = Receiver::start(vec![]);
+    let mut cm = start_on_table(&az, &rx);
+    let before = disconnected("before-stop", 1, &ago(600));
+    assert!(cm.event(&before)[0].contains("[opened=1]"));
+
+    az.stop();
+    let during = disconnected("during-stop", 1, &ago(500));
+    while_storage_is_down(&mut cm, &during);
+
+    az.start_again();
+    assert!(cm.event(&during)[0].contains("[opened=1]"));
+    assert!(cm.event(&before)[0].contains("[duplicate=1]"), "kept");
+    let s = cm.sweep();
+    assert_eq!((s.new_alerts, s.delivered, s.queued), (2, 2, 0), "{s:?}");
+    // Raised in one sweep: Table Storage delivers them in dedupKey order.
+    let mut got = delivered(&rx);
+    got.sort();
+    assert_eq!(got, [disc("before-stop"), disc("during-stop")]);
+}
+
+/// An emulator restarted in memory comes back without the table: connmon creates it again by
+/// itself (what the old table held is gone with the emulator's memory; Azure keeps it).
+#[test]
+fn a_table_that_vanished_is_created_again_without_a_restart() {
+    let mut az = Azurite::in_memory();
+    let rx = Receiver::start(vec![]);
+    let mut cm = start_on_table(&az, &rx);
+    assert!(cm.event(&disconnected("lost", 1, &ago(600)))[0].contains("[opened=1]"));
+
+    az.kill();
+    let during = disconnected("during-outage", 1, &ago(500));
+    while_storage_is_down(&mut cm, &during);
+
+    az.start_again();
+    let resp = post_event(&cm, &during);
+    assert_eq!(resp.status, 200, "{}\n{}", resp.text(), cm.stderr());
+    assert!(host_logs(&resp)[0].contains("[opened=1]"));
+    let s = cm.sweep();
+    assert_eq!((s.new_alerts, s.delivered, s.queued), (1, 1, 0), "{s:?}");
+    assert_eq!(delivered(&rx), [disc("during-outage")]);
+    assert!(cm.stderr().contains("creating it again"), "{}", cm.stderr());
 }

@@ -95,6 +95,9 @@ pub struct Connmon {
     dir: tempfile::TempDir,
     mode: Mode,
     env: Vec<(String, String)>,
+    /// A command that runs connmon (appended as its last argument), e.g. `unshare …` or
+    /// `setpriv …`; empty to run it directly.
+    launcher: Vec<String>,
     child: Option<Child>,
     pub port: u16,
 }
@@ -117,21 +120,50 @@ impl Connmon {
     /// Like [`Connmon::start`], with files written into its working directory (the app root under
     /// the host) first, e.g. `("DisconnectTimer/function.json", "...")`.
     pub fn start_with_files(mode: Mode, env: &[(&str, &str)], files: &[(&str, &str)]) -> Connmon {
+        let mut c = Connmon::prepare(mode, env, files, &[]);
+        c.spawn();
+        c
+    }
+
+    /// Like [`Connmon::start`], run through `launcher` (a command that gets the binary's path as
+    /// its last argument and must `exec` it, so that the process id is connmon's).
+    pub fn launched(mode: Mode, env: &[(&str, &str)], launcher: &[&str]) -> Connmon {
+        let mut c = Connmon::prepare(mode, env, &[], launcher);
+        c.spawn();
+        c
+    }
+
+    /// The working directory, its files and settings; nothing started yet.
+    fn prepare(
+        mode: Mode,
+        env: &[(&str, &str)],
+        files: &[(&str, &str)],
+        launcher: &[&str],
+    ) -> Connmon {
         let dir = tempfile::tempdir().expect("temp dir");
         for (path, text) in files {
             let full = dir.path().join(path);
             std::fs::create_dir_all(full.parent().expect("a file in a folder")).expect("mkdir");
             std::fs::write(full, text).expect("write file");
         }
-        let mut c = Connmon {
+        Connmon {
             dir,
             mode,
             env: owned(env),
+            launcher: launcher.iter().map(|s| s.to_string()).collect(),
             child: None,
             port: 0,
-        };
-        c.spawn();
-        c
+        }
+    }
+
+    /// The working directory (the app root).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -147,11 +179,30 @@ impl Connmon {
     }
 
     fn spawn(&mut self) {
+        if let Err(why) = self.try_spawn() {
+            panic!(
+                "{why}\nstdout:\n{}\nstderr:\n{}",
+                self.stdout(),
+                self.stderr()
+            );
+        }
+    }
+
+    /// Starts the process and waits until it answers; `Err` if it exits first or does not answer.
+    fn try_spawn(&mut self) -> Result<(), String> {
         // A port picked by `free_port` can be taken by someone else before connmon binds it:
         // then connmon exits with "cannot listen" and we try another one.
         for attempt in 1..=3 {
             let port = free_port();
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_connmon"));
+            let bin = env!("CARGO_BIN_EXE_connmon");
+            let mut cmd = match self.launcher.split_first() {
+                Some((program, args)) => {
+                    let mut c = Command::new(program);
+                    c.args(args).arg(bin);
+                    c
+                }
+                None => Command::new(bin),
+            };
             cmd.current_dir(self.dir.path())
                 .stdin(Stdio::null())
                 .stdout(self.log_file("stdout.log"))
@@ -170,17 +221,14 @@ impl Connmon {
             self.child = Some(cmd.spawn().expect("spawn connmon"));
             self.port = port;
             match self.wait_ready() {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err(why) if attempt < 3 && self.stderr().contains("cannot listen") => {
                     eprintln!("retrying on another port: {why}");
                 }
-                Err(why) => panic!(
-                    "{why}\nstdout:\n{}\nstderr:\n{}",
-                    self.stdout(),
-                    self.stderr()
-                ),
+                Err(why) => return Err(why),
             }
         }
+        unreachable!("the last attempt returns")
     }
 
     /// Like the host: `GET /` every 25 ms until any HTTP answer, for at most 10 s.
@@ -218,6 +266,13 @@ impl Connmon {
     pub fn start_again(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// Starts a new process on the same directory and settings; `Err` (with what it printed) if it
+    /// exits instead of answering.
+    pub fn try_start_again(&mut self) -> Result<(), String> {
+        self.kill();
+        self.try_spawn()
     }
 
     /// Starts a new process on the same directory and SQLite file with another mode and settings.
@@ -403,6 +458,140 @@ pub fn run_to_exit(env: &[(&str, &str)]) -> Exit {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// An Azurite of a test's own
+
+/// Azurite's Table service on a port of its own, for tests that stop the store and start it
+/// again (the shared one `scripts/test` starts must stay up for the other tests). The pinned
+/// Azurite from `node_modules` (`npm ci`, which `scripts/test` runs), started like `scripts/test`
+/// does. Killed on drop.
+pub struct Azurite {
+    pub port: u16,
+    /// Its working directory; with `persist`, also where it keeps its data.
+    dir: tempfile::TempDir,
+    persist: bool,
+    child: Option<Child>,
+}
+
+impl Azurite {
+    /// Data in memory only: a restart comes back empty, without tables.
+    pub fn in_memory() -> Azurite {
+        Azurite::start(false)
+    }
+
+    /// Data in its directory: a restart after [`Azurite::stop`] keeps every table and entity.
+    pub fn persistent() -> Azurite {
+        Azurite::start(true)
+    }
+
+    fn start(persist: bool) -> Azurite {
+        let mut a = Azurite {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            persist,
+            child: None,
+        };
+        a.start_again();
+        a
+    }
+
+    /// The table endpoint, `http://127.0.0.1:PORT/devstoreaccount1`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/devstoreaccount1", self.port)
+    }
+
+    pub fn connection_string(&self) -> String {
+        crate::table_client::connection_string(&self.endpoint())
+    }
+
+    /// Starts it (again) on the same port and waits until it accepts connections (at most 30 s).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "Azurite is already running");
+        let main = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("node_modules/azurite/dist/src/table/main.js");
+        assert!(
+            main.exists(),
+            "{} is missing: run `npm ci` (scripts/test does)",
+            main.display()
+        );
+        // A fresh log per start: "successfully started" is this start's.
+        let log_path = self.dir.path().join("azurite.log");
+        let log = File::create(&log_path).expect("azurite log");
+        let mut cmd = Command::new("node");
+        cmd.arg(&main)
+            .args(["--tableHost", "127.0.0.1", "--tablePort"])
+            .arg(self.port.to_string())
+            .arg("--disableTelemetry")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        if self.persist {
+            cmd.arg("--location").arg(self.dir.path());
+        } else {
+            cmd.arg("--inMemoryPersistence");
+        }
+        let mut child = cmd
+            .spawn()
+            .expect("start node (Node.js is needed for Azurite)");
+        let started = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if text.contains("successfully started")
+                && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                break;
+            }
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                panic!("Azurite exited ({status}) on port {}:\n{text}", self.port);
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!(
+                    "Azurite did not start on port {} within 30 s:\n{text}",
+                    self.port
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        self.child = Some(child);
+    }
+
+    /// Stops it the way Ctrl-C does (it saves its data, if persistent, and closes); waits at most
+    /// 10 s, then kills it.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let started = Instant::now();
+        while child.try_wait().expect("try_wait").is_none() {
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+            thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// SIGKILL: gone at once, whatever it had not saved is lost.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

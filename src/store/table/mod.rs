@@ -55,8 +55,69 @@ pub struct TableStore {
 }
 
 struct Inner {
-    client: TableClient,
+    client: Client,
     cfg: StoreConfig,
+}
+
+/// The table's client, creating the table again when a request finds it missing — deleted, or
+/// the storage emulator restarted empty — and then repeating that request once (a request on a
+/// missing table changed nothing). Without it every request would fail until a restart.
+struct Client(TableClient);
+
+impl Client {
+    async fn again<T, Fut>(&self, op: impl Fn() -> Fut) -> Result<T, TableError>
+    where
+        Fut: std::future::Future<Output = Result<T, TableError>>,
+    {
+        match op().await {
+            Err(e) if is_table_missing(&e) => {
+                crate::log::warn(format_args!(
+                    "table {} is missing (deleted, or the storage emulator restarted empty): \
+                     creating it again; what it held is gone",
+                    self.0.table_name()
+                ));
+                self.0.create_table_if_missing().await?;
+                op().await
+            }
+            r => r,
+        }
+    }
+
+    async fn get(&self, pk: &str, rk: &str) -> Result<Option<Entity>, TableError> {
+        self.again(|| self.0.get(pk, rk)).await
+    }
+
+    async fn query(
+        &self,
+        filter: &str,
+        select: Option<&[&str]>,
+        limit: Option<usize>,
+    ) -> Result<Vec<Entity>, TableError> {
+        self.again(|| self.0.query(filter, select, limit)).await
+    }
+
+    async fn replace(&self, e: &Entity, etag: &str) -> Result<String, TableError> {
+        self.again(|| self.0.replace(e, etag)).await
+    }
+
+    async fn delete(&self, pk: &str, rk: &str, etag: &str) -> Result<(), TableError> {
+        self.again(|| self.0.delete(pk, rk, etag)).await
+    }
+
+    async fn batch(&self, pk: &str, ops: Vec<BatchOp>) -> Result<Vec<Option<String>>, TableError> {
+        self.again(|| self.0.batch(pk, ops.clone())).await
+    }
+}
+
+/// The table itself is missing (404 `TableNotFound`), not an entity in it.
+fn is_table_missing(e: &TableError) -> bool {
+    match e {
+        TableError::Rejected {
+            status: 404, code, ..
+        } => code == "TableNotFound",
+        TableError::BatchFailed { source, .. } => is_table_missing(source),
+        _ => false,
+    }
 }
 
 fn table_err(e: TableError) -> StoreError {
@@ -68,7 +129,10 @@ impl TableStore {
     pub async fn open(client: TableClient, cfg: StoreConfig) -> Result<TableStore, StoreError> {
         client.create_table_if_missing().await.map_err(table_err)?;
         Ok(TableStore {
-            inner: Arc::new(Inner { client, cfg }),
+            inner: Arc::new(Inner {
+                client: Client(client),
+                cfg,
+            }),
         })
     }
 }
