@@ -592,11 +592,17 @@ fn crash_run(store: &str, backing: Backing, extra: &[(&str, &str)], load: Load) 
     }
 
     // Alerts as the receiver got them: when, and in which sweep.
+    // Only sweeps deliver, one at a time: a delivery is the latest sweep's that started before it
+    // arrived. (A killed sweep's last request may be read by the receiver after the sweeper saw
+    // the connection reset; a completed sweep's always arrives before its end.)
     let sweep_of = |at: Instant| -> &SweepRec {
-        sweeps
+        let s = sweeps
             .iter()
-            .find(|s| s.start <= at && at <= s.end)
-            .unwrap_or_else(|| panic!("a delivery outside every sweep at {at:?}"))
+            .rev()
+            .find(|s| s.start <= at)
+            .unwrap_or_else(|| panic!("a delivery before every sweep at {at:?}"));
+        assert!(!s.ok || at <= s.end, "a delivery after its sweep ended");
+        s
     };
     // Per alert: when each delivery arrived, and its place in everything the receiver accepted.
     let mut deliveries: BTreeMap<AlertKey, Vec<(Instant, usize)>> = BTreeMap::new();
