@@ -179,23 +179,6 @@ fn alert_bodies_carry_the_documented_fields() {
     assert_no_secret(&cm);
 }
 
-/// (kind, deviceId) of each alert, in order.
-fn names(alerts: &[Value]) -> Vec<(String, String)> {
-    alerts
-        .iter()
-        .map(|a| {
-            (
-                a["kind"].as_str().unwrap().to_string(),
-                a["deviceId"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn pair(kind: &str, device: &str) -> (String, String) {
-    (kind.to_string(), device.to_string())
-}
-
 #[test]
 fn a_failing_receiver_gets_every_alert_once_in_order_after_it_recovers() {
     let rx = Receiver::start(vec![Answer::Status(500)]);

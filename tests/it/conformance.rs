@@ -415,6 +415,50 @@ async fn an_alert_handed_out_but_never_confirmed_is_handed_out_again(b: Backend)
     );
 }
 
+/// The kinds of the queued alert bodies, in delivery order.
+fn kinds(queued: &[serde_json::Value]) -> Vec<&str> {
+    queued.iter().map(|q| q["kind"].as_str().unwrap()).collect()
+}
+
+async fn a_reconnect_received_before_the_alert_was_raised_still_queues_behind_it(b: Backend) {
+    // The connect arrives (received at 200) while a sweep claims the outage (at 300); the claim
+    // writes first, so the connect is applied after it and raises the `reconnected`. Found by
+    // tests/it/crash.rs: it must not be delivered before its `disconnected`.
+    let s = b.open().await;
+    let d = id("d1");
+    outcomes(&*s, vec![dis(&d, 1, 0)], 1).await;
+    assert_eq!(claim_all(&*s, 300).await, ["disconnected d1 from=0"]);
+    let o = outcomes(&*s, vec![con(&d, 2, 150)], 200).await;
+    assert_eq!(o, [Outcome::Reconnected]);
+    assert_eq!(
+        kinds(&queued(&*s, 400).await),
+        ["disconnected", "reconnected"]
+    );
+}
+
+async fn an_alert_handed_out_and_not_confirmed_holds_back_what_queued_behind_it(b: Backend) {
+    // An instance takes the `disconnected` for delivery (and dies, or is still sending it) before
+    // the `reconnected` is queued: until the lease ends nothing goes out that would overtake it.
+    let s1 = b.open().await;
+    let d = id("d1");
+    outcomes(&*s1, vec![dis(&d, 1, 0)], 1).await;
+    claim_all(&*s1, 300).await;
+    assert_eq!(kinds(&queued(&*s1, 300).await), ["disconnected"]);
+    drop(s1);
+    let s2 = b.open().await;
+    outcomes(&*s2, vec![con(&d, 2, 305)], 310).await;
+    let leased = queued(&*s2, 320).await;
+    let now = kinds(&leased);
+    assert!(
+        now.is_empty() || now == ["disconnected", "reconnected"],
+        "the reconnected overtook its disconnected: {now:?}"
+    );
+    assert_eq!(
+        kinds(&queued(&*s2, 400).await),
+        ["disconnected", "reconnected"]
+    );
+}
+
 async fn silenced_outages_wait_in_the_index_and_alert_when_the_silence_ends(b: Backend) {
     let mut policy = Policy::new(GRACE);
     policy.silences = vec![connmon::scope::Silence {
@@ -572,6 +616,8 @@ conformance!(
     concurrent_deliveries_equal_sequence_number_order,
     the_outbox_keeps_order_backs_off_and_forgets_what_was_delivered,
     an_alert_handed_out_but_never_confirmed_is_handed_out_again,
+    a_reconnect_received_before_the_alert_was_raised_still_queues_behind_it,
+    an_alert_handed_out_and_not_confirmed_holds_back_what_queued_behind_it,
     silenced_outages_wait_in_the_index_and_alert_when_the_silence_ends,
     flapping_and_reminders_are_kept_across_a_restart,
     every_allowed_id_character_and_case_round_trips,

@@ -15,6 +15,8 @@ mod table_client;
 
 mod alert_webhook;
 mod channels;
+mod crash;
+mod faults;
 mod host;
 mod multi_instance;
 mod restart;

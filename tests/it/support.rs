@@ -96,6 +96,9 @@ pub struct Connmon {
     dir: tempfile::TempDir,
     mode: Mode,
     env: Vec<(String, String)>,
+    /// A command that runs connmon (appended as its last argument), e.g. `unshare …` or
+    /// `setpriv …`; empty to run it directly.
+    launcher: Vec<String>,
     child: Option<Child>,
     pub port: u16,
 }
@@ -118,21 +121,50 @@ impl Connmon {
     /// Like [`Connmon::start`], with files written into its working directory (the app root under
     /// the host) first, e.g. `("DisconnectTimer/function.json", "...")`.
     pub fn start_with_files(mode: Mode, env: &[(&str, &str)], files: &[(&str, &str)]) -> Connmon {
+        let mut c = Connmon::prepare(mode, env, files, &[]);
+        c.spawn();
+        c
+    }
+
+    /// Like [`Connmon::start`], run through `launcher` (a command that gets the binary's path as
+    /// its last argument and must `exec` it, so that the process id is connmon's).
+    pub fn launched(mode: Mode, env: &[(&str, &str)], launcher: &[&str]) -> Connmon {
+        let mut c = Connmon::prepare(mode, env, &[], launcher);
+        c.spawn();
+        c
+    }
+
+    /// The working directory, its files and settings; nothing started yet.
+    fn prepare(
+        mode: Mode,
+        env: &[(&str, &str)],
+        files: &[(&str, &str)],
+        launcher: &[&str],
+    ) -> Connmon {
         let dir = tempfile::tempdir().expect("temp dir");
         for (path, text) in files {
             let full = dir.path().join(path);
             std::fs::create_dir_all(full.parent().expect("a file in a folder")).expect("mkdir");
             std::fs::write(full, text).expect("write file");
         }
-        let mut c = Connmon {
+        Connmon {
             dir,
             mode,
             env: owned(env),
+            launcher: launcher.iter().map(|s| s.to_string()).collect(),
             child: None,
             port: 0,
-        };
-        c.spawn();
-        c
+        }
+    }
+
+    /// The working directory (the app root).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -148,11 +180,30 @@ impl Connmon {
     }
 
     fn spawn(&mut self) {
+        if let Err(why) = self.try_spawn() {
+            panic!(
+                "{why}\nstdout:\n{}\nstderr:\n{}",
+                self.stdout(),
+                self.stderr()
+            );
+        }
+    }
+
+    /// Starts the process and waits until it answers; `Err` if it exits first or does not answer.
+    fn try_spawn(&mut self) -> Result<(), String> {
         // A port picked by `free_port` can be taken by someone else before connmon binds it:
         // then connmon exits with "cannot listen" and we try another one.
         for attempt in 1..=3 {
             let port = free_port();
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_connmon"));
+            let bin = env!("CARGO_BIN_EXE_connmon");
+            let mut cmd = match self.launcher.split_first() {
+                Some((program, args)) => {
+                    let mut c = Command::new(program);
+                    c.args(args).arg(bin);
+                    c
+                }
+                None => Command::new(bin),
+            };
             cmd.current_dir(self.dir.path())
                 .stdin(Stdio::null())
                 .stdout(self.log_file("stdout.log"))
@@ -171,17 +222,14 @@ impl Connmon {
             self.child = Some(cmd.spawn().expect("spawn connmon"));
             self.port = port;
             match self.wait_ready() {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err(why) if attempt < 3 && self.stderr().contains("cannot listen") => {
                     eprintln!("retrying on another port: {why}");
                 }
-                Err(why) => panic!(
-                    "{why}\nstdout:\n{}\nstderr:\n{}",
-                    self.stdout(),
-                    self.stderr()
-                ),
+                Err(why) => return Err(why),
             }
         }
+        unreachable!("the last attempt returns")
     }
 
     /// Like the host: `GET /` every 25 ms until any HTTP answer, for at most 10 s.
@@ -219,6 +267,13 @@ impl Connmon {
     pub fn start_again(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// Starts a new process on the same directory and settings; `Err` (with what it printed) if it
+    /// exits instead of answering.
+    pub fn try_start_again(&mut self) -> Result<(), String> {
+        self.kill();
+        self.try_spawn()
     }
 
     /// Starts a new process on the same directory and SQLite file with another mode and settings.
@@ -283,11 +338,7 @@ impl Connmon {
 
     /// The host invoking `function` with `body` (host headers, chunked in several chunks).
     pub fn invoke(&self, function: &str, body: &Value) -> Response {
-        Request::post(&format!("/{function}"))
-            .host_headers()
-            .body(body.to_string().into_bytes())
-            .chunked(3)
-            .send(self.port)
+        invocation_request(function, body).send(self.port)
     }
 
     /// Delivers one event through `ConnectionEvent` the way the host most likely encodes it
@@ -303,8 +354,9 @@ impl Connmon {
 
     /// The timer trigger firing (captured payload): one sweep. Asserts success.
     pub fn sweep(&self) -> Sweep {
-        let body = fixture_json("host/timer-monitor-on.captured.json");
-        Sweep::parse(host_logs(&self.invoke("DisconnectTimer", &body)))
+        Sweep::parse(host_logs(
+            &self.invoke("DisconnectTimer", &timer_invocation()),
+        ))
     }
 
     /// Sweeps every 200 ms until one delivers something or `within` passes; returns every sweep.
@@ -337,6 +389,20 @@ impl Connmon {
         }
         req.send(self.port)
     }
+}
+
+/// The request the host sends to invoke `function` with `body` (host headers, chunked in several
+/// chunks); send it with [`Request::try_send`] where the process may be gone.
+pub fn invocation_request(function: &str, body: &Value) -> Request {
+    Request::post(&format!("/{function}"))
+        .host_headers()
+        .body(body.to_string().into_bytes())
+        .chunked(3)
+}
+
+/// The timer trigger's invocation body (captured from the host).
+pub fn timer_invocation() -> Value {
+    fixture_json("host/timer-monitor-on.captured.json")
 }
 
 impl Drop for Connmon {
@@ -393,6 +459,140 @@ pub fn run_to_exit(env: &[(&str, &str)]) -> Exit {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// An Azurite of a test's own
+
+/// Azurite's Table service on a port of its own, for tests that stop the store and start it
+/// again (the shared one `scripts/test` starts must stay up for the other tests). The pinned
+/// Azurite from `node_modules` (`npm ci`, which `scripts/test` runs), started like `scripts/test`
+/// does. Killed on drop.
+pub struct Azurite {
+    pub port: u16,
+    /// Its working directory; with `persist`, also where it keeps its data.
+    dir: tempfile::TempDir,
+    persist: bool,
+    child: Option<Child>,
+}
+
+impl Azurite {
+    /// Data in memory only: a restart comes back empty, without tables.
+    pub fn in_memory() -> Azurite {
+        Azurite::start(false)
+    }
+
+    /// Data in its directory: a restart after [`Azurite::stop`] keeps every table and entity.
+    pub fn persistent() -> Azurite {
+        Azurite::start(true)
+    }
+
+    fn start(persist: bool) -> Azurite {
+        let mut a = Azurite {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            persist,
+            child: None,
+        };
+        a.start_again();
+        a
+    }
+
+    /// The table endpoint, `http://127.0.0.1:PORT/devstoreaccount1`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/devstoreaccount1", self.port)
+    }
+
+    pub fn connection_string(&self) -> String {
+        crate::table_client::connection_string(&self.endpoint())
+    }
+
+    /// Starts it (again) on the same port and waits until it accepts connections (at most 30 s).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "Azurite is already running");
+        let main = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("node_modules/azurite/dist/src/table/main.js");
+        assert!(
+            main.exists(),
+            "{} is missing: run `npm ci` (scripts/test does)",
+            main.display()
+        );
+        // A fresh log per start: "successfully started" is this start's.
+        let log_path = self.dir.path().join("azurite.log");
+        let log = File::create(&log_path).expect("azurite log");
+        let mut cmd = Command::new("node");
+        cmd.arg(&main)
+            .args(["--tableHost", "127.0.0.1", "--tablePort"])
+            .arg(self.port.to_string())
+            .arg("--disableTelemetry")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        if self.persist {
+            cmd.arg("--location").arg(self.dir.path());
+        } else {
+            cmd.arg("--inMemoryPersistence");
+        }
+        let mut child = cmd
+            .spawn()
+            .expect("start node (Node.js is needed for Azurite)");
+        let started = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if text.contains("successfully started")
+                && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                break;
+            }
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                panic!("Azurite exited ({status}) on port {}:\n{text}", self.port);
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!(
+                    "Azurite did not start on port {} within 30 s:\n{text}",
+                    self.port
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        self.child = Some(child);
+    }
+
+    /// Stops it the way Ctrl-C does (it saves its data, if persistent, and closes); waits at most
+    /// 10 s, then kills it.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let started = Instant::now();
+        while child.try_wait().expect("try_wait").is_none() {
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+            thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// SIGKILL: gone at once, whatever it had not saved is lost.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -701,6 +901,22 @@ pub enum Answer {
     Text(u16, Vec<(String, String)>, String),
     /// Close the connection without answering.
     Close,
+    /// Wait, then answer as the inner answer says: a slow receiver, or with `Close` inside one
+    /// that hangs until the sender gives up.
+    After(Duration, Box<Answer>),
+}
+
+impl Answer {
+    /// The status the receiver will answer with (`None`: it closes without answering).
+    fn code(&self) -> Option<u16> {
+        match self {
+            Answer::Close => None,
+            Answer::Status(code) | Answer::StatusWith(code, _) | Answer::Text(code, _, _) => {
+                Some(*code)
+            }
+            Answer::After(_, inner) => inner.code(),
+        }
+    }
 }
 
 /// One request the receiver got, and what it answered (`None`: closed without answering).
@@ -711,6 +927,8 @@ pub struct Received {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub answered: Option<u16>,
+    /// When the request had been read in full.
+    pub at: Instant,
 }
 
 impl Received {
@@ -741,6 +959,23 @@ impl Received {
     pub fn delivered(&self) -> bool {
         self.answered.is_some_and(|s| (200..300).contains(&s))
     }
+}
+
+/// (kind, deviceId) of each alert, in order.
+pub fn names(alerts: &[Value]) -> Vec<(String, String)> {
+    alerts
+        .iter()
+        .map(|a| {
+            (
+                a["kind"].as_str().unwrap().to_string(),
+                a["deviceId"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+pub fn pair(kind: &str, device: &str) -> (String, String) {
+    (kind.to_string(), device.to_string())
 }
 
 struct Log {
@@ -872,26 +1107,33 @@ fn serve_connection(conn: TcpStream, shared: Shared) {
         let answer = {
             let mut log = lock.lock().unwrap();
             let answer = log.script.pop_front().unwrap_or_else(|| log.then.clone());
-            req.answered = match &answer {
-                Answer::Close => None,
-                Answer::Status(code) | Answer::StatusWith(code, _) | Answer::Text(code, _, _) => {
-                    Some(*code)
-                }
-            };
+            req.answered = answer.code();
             log.requests.push(req);
             answer
         };
         cv.notify_all();
-        match answer {
-            Answer::Close => {
-                let _ = conn.shutdown(Shutdown::Both);
-                return;
-            }
-            Answer::Status(code) => write_answer(&mut conn, code, &[], "{}"),
-            Answer::StatusWith(code, headers) => write_answer(&mut conn, code, &headers, "{}"),
-            Answer::Text(code, headers, body) => write_answer(&mut conn, code, &headers, &body),
+        if !answer_with(&mut conn, answer) {
+            return;
         }
     }
+}
+
+/// Writes `answer`; `false` when the connection is closed instead.
+fn answer_with(conn: &mut TcpStream, answer: Answer) -> bool {
+    match answer {
+        Answer::Close => {
+            let _ = conn.shutdown(Shutdown::Both);
+            return false;
+        }
+        Answer::After(wait, inner) => {
+            thread::sleep(wait);
+            return answer_with(conn, *inner);
+        }
+        Answer::Status(code) => write_answer(conn, code, &[], "{}"),
+        Answer::StatusWith(code, headers) => write_answer(conn, code, &headers, "{}"),
+        Answer::Text(code, headers, body) => write_answer(conn, code, &headers, &body),
+    }
+    true
 }
 
 fn write_answer(conn: &mut TcpStream, code: u16, headers: &[(String, String)], body: &str) {
@@ -960,6 +1202,7 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<Received> {
         headers,
         body,
         answered: None,
+        at: Instant::now(),
     })
 }
 

@@ -72,10 +72,15 @@ pub fn azurite_endpoint() -> TableEndpoint {
 
 /// A connection string for Azurite, as an operator would write it (for tests that start connmon).
 pub fn azurite_connection_string() -> String {
+    connection_string(&azurite_table_endpoint())
+}
+
+/// A connection string for the emulator's account at `table_endpoint`
+/// (`http://127.0.0.1:PORT/devstoreaccount1`).
+pub fn connection_string(table_endpoint: &str) -> String {
     format!(
         "DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_ACCOUNT_KEY};\
-         TableEndpoint={};",
-        azurite_table_endpoint()
+         TableEndpoint={table_endpoint};"
     )
 }
 

@@ -55,8 +55,69 @@ pub struct TableStore {
 }
 
 struct Inner {
-    client: TableClient,
+    client: Client,
     cfg: StoreConfig,
+}
+
+/// The table's client, creating the table again when a request finds it missing — deleted, or
+/// the storage emulator restarted empty — and then repeating that request once (a request on a
+/// missing table changed nothing). Without it every request would fail until a restart.
+struct Client(TableClient);
+
+impl Client {
+    async fn again<T, Fut>(&self, op: impl Fn() -> Fut) -> Result<T, TableError>
+    where
+        Fut: std::future::Future<Output = Result<T, TableError>>,
+    {
+        match op().await {
+            Err(e) if is_table_missing(&e) => {
+                crate::log::warn(format_args!(
+                    "table {} is missing (deleted, or the storage emulator restarted empty): \
+                     creating it again; what it held is gone",
+                    self.0.table_name()
+                ));
+                self.0.create_table_if_missing().await?;
+                op().await
+            }
+            r => r,
+        }
+    }
+
+    async fn get(&self, pk: &str, rk: &str) -> Result<Option<Entity>, TableError> {
+        self.again(|| self.0.get(pk, rk)).await
+    }
+
+    async fn query(
+        &self,
+        filter: &str,
+        select: Option<&[&str]>,
+        limit: Option<usize>,
+    ) -> Result<Vec<Entity>, TableError> {
+        self.again(|| self.0.query(filter, select, limit)).await
+    }
+
+    async fn replace(&self, e: &Entity, etag: &str) -> Result<String, TableError> {
+        self.again(|| self.0.replace(e, etag)).await
+    }
+
+    async fn delete(&self, pk: &str, rk: &str, etag: &str) -> Result<(), TableError> {
+        self.again(|| self.0.delete(pk, rk, etag)).await
+    }
+
+    async fn batch(&self, pk: &str, ops: Vec<BatchOp>) -> Result<Vec<Option<String>>, TableError> {
+        self.again(|| self.0.batch(pk, ops.clone())).await
+    }
+}
+
+/// The table itself is missing (404 `TableNotFound`), not an entity in it.
+fn is_table_missing(e: &TableError) -> bool {
+    match e {
+        TableError::Rejected {
+            status: 404, code, ..
+        } => code == "TableNotFound",
+        TableError::BatchFailed { source, .. } => is_table_missing(source),
+        _ => false,
+    }
 }
 
 fn table_err(e: TableError) -> StoreError {
@@ -68,7 +129,10 @@ impl TableStore {
     pub async fn open(client: TableClient, cfg: StoreConfig) -> Result<TableStore, StoreError> {
         client.create_table_if_missing().await.map_err(table_err)?;
         Ok(TableStore {
-            inner: Arc::new(Inner { client, cfg }),
+            inner: Arc::new(Inner {
+                client: Client(client),
+                cfg,
+            }),
         })
     }
 }
@@ -130,10 +194,12 @@ fn due_key(start: Timestamp, id: &Identity) -> String {
     )
 }
 
-fn outbox_key(alert: &Alert, channel: &str) -> String {
+/// `queued_at`: the alert's place in the delivery order (`detected_at`, or later: see
+/// `apply_one`).
+fn outbox_key(alert: &Alert, queued_at: Timestamp, channel: &str) -> String {
     format!(
         "o|{:015}|{}|{}|{}",
-        alert.detected_at.unix_millis().max(0),
+        queued_at.unix_millis().max(0),
         alert.dedup_key,
         alert.kind.as_str(),
         key_part(channel)
@@ -235,17 +301,27 @@ fn state_of(e: &Entity) -> IdentityState {
 }
 
 /// The outbox entities of `alert`: one per channel, each delivered and retried on its own.
-fn outbox_ops(pk: &str, channels: &[String], alert: &Alert) -> Result<Vec<BatchOp>, StoreError> {
+fn outbox_ops(
+    pk: &str,
+    channels: &[String],
+    alert: &Alert,
+    queued_at: Timestamp,
+) -> Result<Vec<BatchOp>, StoreError> {
     channels
         .iter()
-        .map(|c| outbox_entity(pk, c, alert).map(BatchOp::Insert))
+        .map(|c| outbox_entity(pk, c, alert, queued_at).map(BatchOp::Insert))
         .collect()
 }
 
-fn outbox_entity(pk: &str, channel: &str, alert: &Alert) -> Result<Entity, StoreError> {
+fn outbox_entity(
+    pk: &str,
+    channel: &str,
+    alert: &Alert,
+    queued_at: Timestamp,
+) -> Result<Entity, StoreError> {
     let body = serde_json::to_string(&AlertBody::from(alert))
         .map_err(|e| StoreError::Unavailable(format!("cannot encode alert: {e}")))?;
-    let mut e = Entity::new(pk, &outbox_key(alert, channel));
+    let mut e = Entity::new(pk, &outbox_key(alert, queued_at, channel));
     e.set_str("channel", channel);
     e.set_str("identity", &identity_key(&alert.identity));
     e.set_str("kind", alert.kind.as_str());
@@ -387,7 +463,12 @@ impl Inner {
                 }
             }
             if let Some(alert) = &t.alert {
-                ops.extend(outbox_ops(&pk, &self.cfg.channels, alert)?);
+                // Queued behind the `disconnected` it pairs with, even when this event was
+                // received before that was raised: a sweep's claim can land between this event's
+                // read and its write (and the retry then raises the `reconnected`).
+                let after = state.outage.and_then(|o| o.alerted_at);
+                let queued_at = after.map_or(alert.detected_at, |a| a.max(alert.detected_at));
+                ops.extend(outbox_ops(&pk, &self.cfg.channels, alert, queued_at)?);
             }
             if t.cancel_queued_alerts {
                 for q in self.withdrawable(&pk, id).await? {
@@ -583,7 +664,7 @@ impl Inner {
                 }
             }
             if let Some(a) = &alert {
-                ops.extend(outbox_ops(pk, &self.cfg.channels, a)?);
+                ops.extend(outbox_ops(pk, &self.cfg.channels, a, a.detected_at)?);
             }
             match self.client.batch(pk, ops).await {
                 Ok(_) => return Ok(Some(alert.map_or(Claimed::Snoozed, Claimed::Alert))),
@@ -628,7 +709,10 @@ impl Inner {
                 break;
             }
             if e.get_i64("leaseUntil").unwrap_or(0) > now.unix_millis() {
-                continue; // another instance is delivering it right now
+                // Being delivered by another instance, or by one that died doing it (then it is
+                // handed out again when the lease ends): what queued behind it waits, or it
+                // could overtake it (a `reconnected` before its `disconnected`).
+                break;
             }
             picked.push(e);
         }
