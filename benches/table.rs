@@ -37,7 +37,7 @@
 use connmon::machine::Policy;
 use connmon::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
 use connmon::store::sqlite::SqliteStore;
-use connmon::store::table::client::TableClient;
+use connmon::store::table::client::{ClientOptions, TableClient};
 use connmon::store::table::conn::TableEndpoint;
 use connmon::store::table::TableStore;
 use connmon::store::{Store, StoreConfig};
@@ -49,6 +49,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The variable `scripts/test` sets to Azurite's table endpoint.
@@ -195,6 +196,9 @@ struct Counts {
     conflicts: u64,
     /// 429 / 5xx answers.
     errors: u64,
+    /// Requests the proxy sent again because Azurite had closed the idle connection (counted once
+    /// above; not requests of the store).
+    resent: u64,
 }
 
 impl Counts {
@@ -215,6 +219,7 @@ impl Counts {
             not_found: self.not_found - o.not_found,
             conflicts: self.conflicts - o.conflicts,
             errors: self.errors - o.errors,
+            resent: self.resent - o.resent,
         }
     }
 
@@ -231,6 +236,7 @@ impl Counts {
             not_found: self.not_found + o.not_found,
             conflicts: self.conflicts + o.conflicts,
             errors: self.errors + o.errors,
+            resent: self.resent + o.resent,
         }
     }
 
@@ -267,6 +273,7 @@ impl Counts {
             ("404", self.not_found),
             ("409/412", self.conflicts),
             ("429/5xx", self.errors),
+            ("resent by the proxy", self.resent),
         ] {
             if n > 0 {
                 s.push_str(&format!(" [{name}: {n}]"));
@@ -466,13 +473,63 @@ fn inner_statuses(body: &[u8]) -> Vec<u16> {
     out
 }
 
+type Upstream = (BufReader<OwnedReadHalf>, OwnedWriteHalf);
+
+async fn connect(addr: SocketAddr) -> io::Result<Upstream> {
+    let s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let (r, w) = s.into_split();
+    Ok((BufReader::new(r), w))
+}
+
+/// Sends `req` upstream and reads the answer (`None`: the upstream closed without one). The
+/// proxy keeps its own upstream connections: Azurite (Node.js) closes one that stayed idle for 5 s,
+/// which a direct client would notice, but behind the proxy the client's connection stays open.
+/// So a request that meets a closed kept-alive upstream is sent once more on a fresh connection
+/// (Node closed it without reading the request) and counted once.
+async fn exchange(
+    up: &mut Option<Upstream>,
+    addr: SocketAddr,
+    req: &Message,
+    method: &str,
+    counts: &Mutex<Counts>,
+) -> io::Result<Option<Message>> {
+    for attempt in 0..2 {
+        let reused = up.is_some();
+        let (sr, sw) = match up {
+            Some(u) => u,
+            None => up.insert(connect(addr).await?),
+        };
+        let answer = match sw.write_all(&req.raw).await {
+            Ok(()) => read_message(sr, Some(method)).await,
+            Err(e) => Err(e),
+        };
+        let stale = match &answer {
+            Ok(None) => true,
+            Err(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            ),
+            Ok(Some(_)) => false,
+        };
+        if stale && reused && attempt == 0 {
+            *up = None;
+            counts.lock().expect("not poisoned").resent += 1;
+            continue;
+        }
+        if !matches!(&answer, Ok(Some(m)) if !m.close) {
+            *up = None;
+        }
+        return answer;
+    }
+    unreachable!("the second attempt returns")
+}
+
 async fn relay(client: TcpStream, upstream: SocketAddr, counts: &Mutex<Counts>) -> io::Result<()> {
-    let server = TcpStream::connect(upstream).await?;
     client.set_nodelay(true)?;
-    server.set_nodelay(true)?;
     let (cr, mut cw) = client.into_split();
-    let (sr, mut sw) = server.into_split();
-    let (mut cr, mut sr) = (BufReader::new(cr), BufReader::new(sr));
+    let mut cr = BufReader::new(cr);
+    let mut up = None;
     loop {
         let Some(req) = read_message(&mut cr, None).await? else {
             return Ok(());
@@ -482,8 +539,7 @@ async fn relay(client: TcpStream, upstream: SocketAddr, counts: &Mutex<Counts>) 
             Kind::Batch => count_subslices(&req.raw[req.body_at..], b"application/http"),
             _ => 0,
         };
-        sw.write_all(&req.raw).await?;
-        let resp = read_message(&mut sr, Some(&method)).await?;
+        let resp = exchange(&mut up, upstream, &req, &method, counts).await?;
         {
             let mut c = counts.lock().expect("not poisoned");
             match kind {
@@ -523,7 +579,7 @@ async fn relay(client: TcpStream, upstream: SocketAddr, counts: &Mutex<Counts>) 
             return Ok(());
         };
         cw.write_all(&resp.raw).await?;
-        if resp.close || req.close {
+        if req.close {
             return Ok(());
         }
     }
@@ -786,8 +842,18 @@ async fn open_table(az: &Azurite, proxy: &Proxy, prefix: &str) -> Stores {
     let open = |base: String| {
         let table = table.clone();
         async move {
+            // Azurite is one Node.js thread on cores shared with the bench: with 16 deliveries
+            // of 64 (32 identities each in parallel) it queues hundreds of requests, some for
+            // longer than the client's default 10 s timeout, and a timed-out write would be sent
+            // again (and counted twice). Wait for the answer instead.
+            let options = ClientOptions {
+                request_timeout: Duration::from_secs(120),
+                retry_budget: Duration::from_secs(300),
+                ..ClientOptions::default()
+            };
+            let endpoint = TableEndpoint::development(&base);
             let client =
-                TableClient::new(TableEndpoint::development(&base), &table).expect("table client");
+                TableClient::with_options(endpoint, &table, options).expect("table client");
             Arc::new(
                 TableStore::open(client, config())
                     .await
