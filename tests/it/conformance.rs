@@ -590,6 +590,65 @@ async fn every_allowed_id_character_and_case_round_trips(b: Backend) {
     assert!(claimed.iter().all(|a| a.kind == AlertKind::Disconnected));
 }
 
+/// Two instances on one store taking turns decide every event exactly as one instance does. The
+/// Table store remembers the rows it wrote (to skip a read): here every turn finds its memory
+/// outdated by the other instance — a newer event, a deletion, a sweep's claim — so this checks
+/// that an outdated memory never decides an event.
+async fn two_instances_taking_turns_decide_like_one(b: Backend) {
+    let d = id("d1");
+    let m = Identity::new("Hub", "d1", Some("m1"));
+    // (instance A?, event, received at)
+    let script = [
+        (true, dis(&d, 1, 0), 1),
+        (false, con(&d, 2, 10), 11),
+        (true, dis(&d, 3, 20), 21), // A remembers seq 1; the store holds seq 2
+        (true, dis(&m, 4, 22), 23),
+        (false, del(&d, 30), 31),   // deletes the device and its module
+        (true, con(&d, 5, 25), 32), // before the deletion: stale, though A remembers seq 3
+        (true, con(&m, 6, 26), 33), // the module's event before the deletion too
+        (true, dis(&d, 7, 40), 41), // after the deletion: a new life
+        (false, con(&d, 8, 42), 43),
+        (true, dis(&d, 9, 50), 51), // A remembers seq 7
+        (true, dis(&d, 9, 50), 52), // a duplicate, decided on a fresh read
+        (true, con(&d, 8, 42), 53), // stale
+        (false, del(&d, 60), 61),
+        // After the deletion, a lower sequence number than A remembers (9) is a new life, not stale.
+        (true, dis(&d, 2, 70), 71),
+    ];
+    let (a, other) = (b.open().await, b.open().await);
+    let mut got = Vec::new();
+    for (first, ev, t) in &script {
+        let s = if *first { &a } else { &other };
+        got.extend(outcomes(&**s, vec![ev.clone()], *t).await);
+    }
+    // A sweep on the other instance claims the open outage; A's next event finds its memory old.
+    assert_eq!(claim_all(&*other, 400).await, ["disconnected d1 from=70"]);
+    got.extend(outcomes(&*a, vec![con(&d, 10, 410)], 411).await);
+
+    let single = match b {
+        Backend::Sqlite(_) => Backend::sqlite(),
+        Backend::Table(_) => Backend::table(),
+    }
+    .open()
+    .await;
+    let mut want = Vec::new();
+    for (_, ev, t) in &script {
+        want.extend(outcomes(&*single, vec![ev.clone()], *t).await);
+    }
+    assert_eq!(claim_all(&*single, 400).await, ["disconnected d1 from=70"]);
+    want.extend(outcomes(&*single, vec![con(&d, 10, 410)], 411).await);
+    assert_eq!(got, want);
+    let kinds_of = |q: Vec<serde_json::Value>| -> Vec<String> {
+        q.iter()
+            .map(|v| v["kind"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // (Asked once each: the Table store leases what it hands out.)
+    let mine = kinds_of(queued(&*a, 500).await);
+    assert_eq!(mine, kinds_of(queued(&*single, 500).await));
+    assert_eq!(mine, ["disconnected", "reconnected"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // One test per (check, store)
 
@@ -621,4 +680,5 @@ conformance!(
     silenced_outages_wait_in_the_index_and_alert_when_the_silence_ends,
     flapping_and_reminders_are_kept_across_a_restart,
     every_allowed_id_character_and_case_round_trips,
+    two_instances_taking_turns_decide_like_one,
 );

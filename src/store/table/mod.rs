@@ -35,7 +35,7 @@ use crate::alerts::AlertBody;
 use crate::machine::{self, Alert, Claim, Flapping, IdentityState, Outage, Policy};
 use crate::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
 use client::{odata_string, BatchOp, Entity, TableClient, TableError};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tokio::task::JoinSet;
 
@@ -57,6 +57,50 @@ pub struct TableStore {
 struct Inner {
     client: Client,
     cfg: StoreConfig,
+    /// What this process last wrote for each identity (see [`Rows`]).
+    rows: Rows,
+}
+
+/// The identity entities this process wrote last, with the ETags the service gave them, so the
+/// next state-changing event of the same identity can skip its read: the write is conditional on
+/// that ETag, so if anyone else changed the entity meanwhile (another instance, a sweep) the write
+/// fails with 412 and the event is applied again from a fresh read. Only state changes are decided
+/// on a remembered row; an event that would change nothing (a duplicate, a stale event) is decided
+/// again on a fresh read, since nothing conditional would catch a stale decision there. Bounded:
+/// at [`ROWS_CAP`] entries it starts over.
+#[derive(Default)]
+struct Rows(std::sync::Mutex<HashMap<String, Remembered>>);
+
+#[derive(Clone)]
+struct Remembered {
+    state: IdentityState,
+    etag: String,
+    index_at: Option<Timestamp>,
+}
+
+/// Identities remembered at most (a few hundred bytes each).
+const ROWS_CAP: usize = 65_536;
+
+impl Rows {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Remembered>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, key: &str) -> Option<Remembered> {
+        self.lock().get(key).cloned()
+    }
+
+    fn put(&self, key: String, row: Remembered) {
+        let mut rows = self.lock();
+        if rows.len() >= ROWS_CAP && !rows.contains_key(&key) {
+            rows.clear();
+        }
+        rows.insert(key, row);
+    }
+
+    fn forget(&self, key: &str) {
+        self.lock().remove(key);
+    }
 }
 
 /// The table's client, creating the table again when a request finds it missing — deleted, or
@@ -132,6 +176,7 @@ impl TableStore {
             inner: Arc::new(Inner {
                 client: Client(client),
                 cfg,
+                rows: Rows::default(),
             }),
         })
     }
@@ -424,8 +469,14 @@ impl Inner {
     ) -> Result<Applied, StoreError> {
         let id = &ev.identity;
         let pk = shard_of(id.hub(), id.device());
+        let row_key = format!("{pk}/{}", identity_key(id));
+        let mut remembered = self.rows.get(&row_key);
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let (stored, etag, old_due) = self.load(&pk, id).await?;
+            let from_memory = remembered.is_some();
+            let (stored, etag, old_due) = match remembered.take() {
+                Some(r) => (r.state, Some(r.etag), r.index_at),
+                None => self.load(&pk, id).await?,
+            };
             let device_deleted_at = match (id.module(), ev.kind) {
                 (Some(_), EventKind::Connected(_) | EventKind::Disconnected(_)) => {
                     let device = Identity::new(id.hub(), id.device(), None);
@@ -436,6 +487,11 @@ impl Inner {
             let state = machine::with_device_deletion(&stored, device_deleted_at);
             let t = machine::apply(&state, ev, received_at, &self.cfg.policy);
             if !t.outcome.changes_state() && t.alert.is_none() {
+                if from_memory {
+                    // Decided on what this process last wrote: confirm on a fresh read.
+                    self.rows.forget(&row_key);
+                    continue;
+                }
                 return Ok(Applied {
                     outcome: t.outcome,
                     alert: None,
@@ -479,14 +535,31 @@ impl Inner {
                 }
             }
             match self.client.batch(&pk, ops).await {
-                Ok(_) => {
+                Ok(etags) => {
+                    match etags.into_iter().next().flatten() {
+                        Some(etag) => self.rows.put(
+                            row_key,
+                            Remembered {
+                                state: t.state,
+                                etag,
+                                index_at: new_due,
+                            },
+                        ),
+                        None => self.rows.forget(&row_key),
+                    }
                     return Ok(Applied {
                         outcome: t.outcome,
                         alert: t.alert,
-                    })
+                    });
                 }
-                Err(e) if is_contention(&e) => continue,
-                Err(e) => return Err(table_err(e)),
+                Err(e) if is_contention(&e) => {
+                    self.rows.forget(&row_key);
+                    continue;
+                }
+                Err(e) => {
+                    self.rows.forget(&row_key);
+                    return Err(table_err(e));
+                }
             }
         }
         Err(StoreError::Conflict(format!(
@@ -666,6 +739,8 @@ impl Inner {
             if let Some(a) = &alert {
                 ops.extend(outbox_ops(pk, &self.cfg.channels, a, a.detected_at)?);
             }
+            // Whatever this process remembered of the identity is about to be outdated.
+            self.rows.forget(&format!("{pk}/{id_key}"));
             match self.client.batch(pk, ops).await {
                 Ok(_) => return Ok(Some(alert.map_or(Claimed::Snoozed, Claimed::Alert))),
                 Err(e) if is_contention(&e) => continue,
