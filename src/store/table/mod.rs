@@ -68,8 +68,19 @@ struct Inner {
 /// on a remembered row; an event that would change nothing (a duplicate, a stale event) is decided
 /// again on a fresh read, since nothing conditional would catch a stale decision there. Bounded:
 /// at [`ROWS_CAP`] entries it starts over.
+///
+/// A remembered row saves a request when it is still current and costs one when it is not (the
+/// failed write, then the read it skipped). With several instances taking a device's events in
+/// turn it is often outdated, so [`Rows::worth_it`] keeps a score of how it went — up for a write
+/// that went through on a remembered row, down twice as much for one that failed — and uses
+/// memory only while the score is not negative (break-even is two in three current), trying it
+/// on one event in 16 regardless, so a process that becomes the only instance finds out.
 #[derive(Default)]
-struct Rows(std::sync::Mutex<HashMap<String, Remembered>>);
+struct Rows {
+    map: std::sync::Mutex<HashMap<String, Remembered>>,
+    score: std::sync::atomic::AtomicI64,
+    tries: std::sync::atomic::AtomicU64,
+}
 
 #[derive(Clone)]
 struct Remembered {
@@ -81,13 +92,34 @@ struct Remembered {
 /// Identities remembered at most (a few hundred bytes each).
 const ROWS_CAP: usize = 65_536;
 
+/// Bounds of [`Rows`]' score: it reacts within a few dozen events.
+const SCORE_LIMIT: i64 = 32;
+
 impl Rows {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Remembered>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The remembered row of `key`, when memory is worth using (see [`Rows`]).
     fn get(&self, key: &str) -> Option<Remembered> {
+        if !self.worth_it() {
+            return None;
+        }
         self.lock().get(key).cloned()
+    }
+
+    fn worth_it(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.score.load(Relaxed) >= 0 || self.tries.fetch_add(1, Relaxed).is_multiple_of(16)
+    }
+
+    /// How a write decided on a remembered row went.
+    fn judged(&self, current: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let step = if current { 1 } else { -2 };
+        let _ = self.score.fetch_update(Relaxed, Relaxed, |s| {
+            Some((s + step).clamp(-SCORE_LIMIT, SCORE_LIMIT))
+        });
     }
 
     fn put(&self, key: String, row: Remembered) {
@@ -536,6 +568,9 @@ impl Inner {
             }
             match self.client.batch(&pk, ops).await {
                 Ok(etags) => {
+                    if from_memory {
+                        self.rows.judged(true);
+                    }
                     match etags.into_iter().next().flatten() {
                         Some(etag) => self.rows.put(
                             row_key,
@@ -553,6 +588,9 @@ impl Inner {
                     });
                 }
                 Err(e) if is_contention(&e) => {
+                    if from_memory {
+                        self.rows.judged(false);
+                    }
                     self.rows.forget(&row_key);
                     continue;
                 }
@@ -957,4 +995,52 @@ fn chunks<T>(v: Vec<T>, n: usize) -> Vec<Vec<T>> {
         out.push(cur);
     }
     out
+}
+
+#[cfg(test)]
+mod rows_tests {
+    use super::*;
+
+    fn row() -> Remembered {
+        Remembered {
+            state: IdentityState::default(),
+            etag: "W/\"1\"".into(),
+            index_at: None,
+        }
+    }
+
+    #[test]
+    fn memory_is_used_while_it_pays_and_probed_when_it_does_not() {
+        let rows = Rows::default();
+        rows.put("k".into(), row());
+        assert!(rows.get("k").is_some(), "a fresh process uses its memory");
+        // Mostly outdated (another instance keeps writing): memory goes off...
+        rows.judged(true);
+        rows.judged(false);
+        assert!(rows.score.load(std::sync::atomic::Ordering::Relaxed) < 0);
+        let used = (0..160).filter(|_| rows.get("k").is_some()).count();
+        assert_eq!(used, 10, "one event in 16 still tries it");
+        // ...and comes back once it pays again (this process became the only writer).
+        for _ in 0..3 {
+            rows.judged(true);
+        }
+        assert!((0..10).all(|_| rows.get("k").is_some()));
+        // Bounded both ways.
+        (0..1000).for_each(|_| rows.judged(true));
+        assert_eq!(
+            rows.score.load(std::sync::atomic::Ordering::Relaxed),
+            SCORE_LIMIT
+        );
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let rows = Rows::default();
+        for i in 0..ROWS_CAP {
+            rows.put(format!("k{i}"), row());
+        }
+        assert_eq!(rows.lock().len(), ROWS_CAP);
+        rows.put("one more".into(), row());
+        assert_eq!(rows.lock().len(), 1, "starts over at the cap");
+    }
 }
