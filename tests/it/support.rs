@@ -64,8 +64,8 @@ pub enum Mode {
 }
 
 /// Every setting connmon reads: removed from the inherited environment before each spawn, so only
-/// what a test passes applies.
-const SETTINGS: &[&str] = &[
+/// what a test passes applies (and the settings fuzzer's vocabulary).
+pub const SETTINGS: &[&str] = &[
     "FUNCTIONS_CUSTOMHANDLER_PORT",
     "FUNCTIONS_HTTPWORKER_PORT",
     "CONNMON_GRACE_PERIOD",
@@ -75,6 +75,13 @@ const SETTINGS: &[&str] = &[
     "CONNMON_PAGERDUTY_ROUTING_KEY",
     "CONNMON_PAGERDUTY_EVENTS_URL",
     "CONNMON_GROUP_THRESHOLD",
+    "CONNMON_INCLUDE",
+    "CONNMON_EXCLUDE",
+    "CONNMON_GRACE_OVERRIDES",
+    "CONNMON_SILENCES",
+    "CONNMON_FLAP_THRESHOLD",
+    "CONNMON_FLAP_WINDOW",
+    "CONNMON_REMIND_EVERY",
     "CONNMON_STORE",
     "CONNMON_SQLITE_PATH",
     "CONNMON_LISTEN",
@@ -85,6 +92,7 @@ const SETTINGS: &[&str] = &[
     "AzureWebJobsStorage__accountName",
     "AzureWebJobsStorage__tableServiceUri",
     "AzureWebJobsStorage__clientId",
+    "AzureWebJobsStorage__credential",
     "IDENTITY_ENDPOINT",
     "IDENTITY_HEADER",
 ];
