@@ -8,6 +8,7 @@ mod core;
 mod decode;
 mod grouping;
 mod layout;
+mod model;
 mod settings;
 mod store;
 mod table_client;

@@ -33,6 +33,24 @@ pub fn fixture_json(rel: &str) -> Value {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Property tests
+
+/// proptest's configuration for a test that runs `default_cases` cases unless `PROPTEST_CASES`
+/// says otherwise (proptest reads that variable only for a test that keeps its default count).
+/// Failures print the shrunk case; no regression files are written into the source tree.
+pub fn proptest_config(default_cases: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default_cases);
+    proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The connmon process
 
 /// A free TCP port on 127.0.0.1: bind port 0, read the port, drop the listener (as the host does).
