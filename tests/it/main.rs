@@ -6,6 +6,7 @@ mod support;
 mod conformance;
 mod core;
 mod decode;
+mod fuzz;
 mod grouping;
 mod layout;
 mod model;
