@@ -22,7 +22,8 @@ const TYPES_IGNORED: &[&str] = &[
     "Microsoft.Devices.DeviceTelemetry",
 ];
 
-/// The longest device or module id accepted. IoT Hub allows 128; a little slack costs nothing.
+/// The longest device or module id (or hub name) accepted. IoT Hub allows 128 for ids and 50 for
+/// hub names.
 const MAX_ID_LEN: usize = 128;
 
 /// One item of a delivery, after decoding.
@@ -212,10 +213,11 @@ fn event_type(obj: &Map<String, Value>) -> Option<&str> {
         .or_else(|| obj.get("type").and_then(Value::as_str))
 }
 
+/// The event's `id` goes into the log line with the reason: clipped like any other input.
 fn rejected(reason: impl Into<String>, event_id: Option<&str>) -> Decoded {
     Decoded::Rejected {
         reason: reason.into(),
-        event_id: event_id.map(str::to_string),
+        event_id: event_id.map(clip),
     }
 }
 
@@ -296,10 +298,17 @@ fn decode_device_event(
         .or_else(|| obj.get("source"))
         .and_then(Value::as_str);
     let hub = match data.get("hubName").and_then(Value::as_str) {
-        Some(h) if !h.trim().is_empty() => h.trim().to_string(),
-        _ => topic
-            .and_then(hub_from_topic)
-            .ok_or("`data.hubName` is missing and the topic names no IoT hub")?,
+        Some(h) if !h.trim().is_empty() => {
+            check_id("hubName", h.trim())?;
+            h.trim().to_string()
+        }
+        _ => {
+            let hub = topic
+                .and_then(hub_from_topic)
+                .ok_or("`data.hubName` is missing and the topic names no IoT hub")?;
+            check_text("the IoT hub named in `topic`", &hub)?;
+            hub
+        }
     };
     let time_field = obj.get("eventTime").or_else(|| obj.get("time"));
     let time = time_field
@@ -335,13 +344,16 @@ fn decode_device_event(
 }
 
 fn check_id(field: &str, id: &str) -> Result<(), String> {
-    if id.chars().count() > MAX_ID_LEN {
-        return Err(format!(
-            "`data.{field}` is longer than {MAX_ID_LEN} characters"
-        ));
+    check_text(&format!("`data.{field}`"), id)
+}
+
+/// Ids and hub names go into keys, alert bodies and log lines: bounded, one line.
+fn check_text(what: &str, text: &str) -> Result<(), String> {
+    if text.chars().count() > MAX_ID_LEN {
+        return Err(format!("{what} is longer than {MAX_ID_LEN} characters"));
     }
-    if id.chars().any(char::is_control) {
-        return Err(format!("`data.{field}` contains a control character"));
+    if text.chars().any(char::is_control) {
+        return Err(format!("{what} contains a control character"));
     }
     Ok(())
 }
@@ -354,14 +366,26 @@ fn hub_from_topic(topic: &str) -> Option<String> {
     (!hub.is_empty()).then(|| hub.to_string())
 }
 
-/// Keeps attacker-controlled text short in log lines.
+/// Keeps attacker-controlled text short and on one line in log lines: control characters are
+/// written as escapes (`\n`, `\u{0}`), so no input can start a forged line, and the result is
+/// cut after about 100 characters.
 pub fn clip(s: &str) -> String {
     const MAX: usize = 100;
-    if s.chars().count() <= MAX {
-        s.to_string()
-    } else {
-        let mut t: String = s.chars().take(MAX).collect();
-        t.push('…');
-        t
+    let mut out = String::new();
+    let mut len = 0;
+    for c in s.chars() {
+        if len >= MAX {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            let escaped: String = c.escape_default().collect();
+            len += escaped.chars().count();
+            out.push_str(&escaped);
+        } else {
+            len += 1;
+            out.push(c);
+        }
     }
+    out
 }

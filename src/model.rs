@@ -4,6 +4,10 @@
 
 use std::fmt;
 
+/// 0000-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z: the instants RFC 3339 can write in UTC.
+const MIN_RFC3339_MS: i64 = -62_167_219_200_000;
+const MAX_RFC3339_MS: i64 = 253_402_300_799_999;
+
 /// A point in time as milliseconds since the Unix epoch, UTC.
 ///
 /// Milliseconds keep the arithmetic integer and cheap to store, and are finer than anything IoT Hub
@@ -29,13 +33,17 @@ impl Timestamp {
     }
 
     /// Parses RFC 3339 with 0–9 fractional digits and `Z` or a numeric offset (IoT Hub sends 0–7
-    /// digits and `Z` or `+00:00`).
+    /// digits and `Z` or `+00:00`). Refuses an instant outside the years 0000–9999 in UTC, which
+    /// an offset can reach (`9999-12-31T23:59:00-01:00`) and [`Timestamp::to_rfc3339`] cannot print.
     pub fn parse_rfc3339(s: &str) -> Option<Self> {
         let t =
             time::OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339)
                 .ok()?;
         let ms = t.unix_timestamp_nanos() / 1_000_000;
-        i64::try_from(ms).ok().map(Timestamp)
+        i64::try_from(ms)
+            .ok()
+            .filter(|ms| (MIN_RFC3339_MS..=MAX_RFC3339_MS).contains(ms))
+            .map(Timestamp)
     }
 
     /// RFC 3339 in UTC with a `Z`; milliseconds only when they are not zero.
@@ -101,7 +109,13 @@ impl SequenceNumber {
     pub fn parse(s: &str) -> Result<Self, SequenceNumberError> {
         let s = s.trim();
         if s.len() != 64 {
-            return Err(SequenceNumberError::Length(s.chars().count()));
+            // 64 characters in other than 64 bytes: one of them is not ASCII, so not a hex digit.
+            let chars = s.chars().count();
+            return Err(if chars == 64 {
+                SequenceNumberError::NotHex
+            } else {
+                SequenceNumberError::Length(chars)
+            });
         }
         let mut out = [0u8; 32];
         let b = s.as_bytes();

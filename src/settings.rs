@@ -531,6 +531,8 @@ fn parse_timespan(s: &str) -> Option<Duration> {
             (num(whole, 59)?, ms)
         }
     };
-    let secs = days.checked_mul(86_400)? + h * 3600 + m * 60 + sec;
-    Some(Duration::from_secs(secs) + Duration::from_millis(frac_ms))
+    let secs = days
+        .checked_mul(86_400)?
+        .checked_add(h * 3600 + m * 60 + sec)?;
+    Duration::from_secs(secs).checked_add(Duration::from_millis(frac_ms))
 }

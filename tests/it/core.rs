@@ -899,3 +899,26 @@ fn reminders_repeat_an_open_alert_until_it_reconnects_and_respect_silences() {
         ]
     );
 }
+
+#[test]
+fn an_event_time_outside_years_0000_to_9999_utc_counts_as_absent() {
+    // Found by fuzz.rs (`event_times_parse_without_panicking_and_print_back_to_themselves`): an
+    // offset moved these out of range, and alerts printed the time as 1970-01-01T00:00:00Z.
+    for s in ["9999-12-31T23:59:00-00:59", "0000-01-01T00:00:00+00:01"] {
+        assert_eq!(Timestamp::parse_rfc3339(s), None, "{s}");
+    }
+    for s in ["9999-12-31T23:59:59.999Z", "0000-01-01T00:00:00Z"] {
+        assert_eq!(Timestamp::parse_rfc3339(s).unwrap().to_rfc3339(), s);
+    }
+}
+
+#[test]
+fn a_sequence_number_of_64_characters_but_not_64_bytes_is_not_hex() {
+    // Found by fuzz.rs (`sequence_numbers_parse_exactly_64_hex_digits_and_say_why_not`): the
+    // message said "must be 64 hex digits, got 64 characters".
+    let s = format!("{}é", "0".repeat(63));
+    assert_eq!(
+        SequenceNumber::parse(&s).unwrap_err().to_string(),
+        "sequenceNumber must be 64 hex digits, found a non-hex character"
+    );
+}

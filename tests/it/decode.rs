@@ -459,3 +459,50 @@ fn host_fast_path_agrees_with_the_value_path() {
         );
     }
 }
+
+#[test]
+fn hub_names_and_rejection_lines_stay_short_and_on_one_line() {
+    // Found by fuzz.rs (`body_decoders_never_panic_and_explain_every_refusal`): hub names were
+    // taken as sent (control characters, any length) into identities, alerts and keys; an unknown
+    // event type or an event id with a newline forged a log line of its own.
+    let conn = "Microsoft.Devices.DeviceConnected";
+    let seq = json!({"sequenceNumber": DOC_SEQ});
+    let data =
+        |hub: &str| json!({"hubName": hub, "deviceId": "d", "deviceConnectionStateEventInfo": seq});
+    assert_eq!(
+        reason(&eg(conn, data("hub\u{0}"))),
+        format!("{conn}: `data.hubName` contains a control character")
+    );
+    assert_eq!(
+        reason(&eg(conn, data(&"h".repeat(129)))),
+        format!("{conn}: `data.hubName` is longer than 128 characters")
+    );
+    let mut from_topic = eg(
+        conn,
+        json!({"deviceId": "d", "deviceConnectionStateEventInfo": seq}),
+    );
+    from_topic["topic"] = json!("/SUBSCRIPTIONS/S/PROVIDERS/MICROSOFT.DEVICES/IOTHUBS/h\nx");
+    assert_eq!(
+        reason(&from_topic),
+        format!("{conn}: the IoT hub named in `topic` contains a control character")
+    );
+
+    let rejected = |v: Value| match decode::decode_delivery(&json!([v])).unwrap().remove(0) {
+        Decoded::Rejected { reason, event_id } => (reason, event_id.unwrap_or_default()),
+        other => panic!("expected a rejection, got {other:?}"),
+    };
+    let (why, id) =
+        rejected(json!({"id": format!("a\nb{}", "c".repeat(10_000)), "eventType": "x\ny"}));
+    assert_eq!(why, "unknown event type `x\\ny`");
+    assert_eq!(id, format!("a\\nb{}…", "c".repeat(96)));
+    let (why, id) =
+        rejected(json!({"id": "\u{1}".repeat(1000), "eventType": "\u{7f}".repeat(1000)}));
+    assert!(
+        why.chars().count() < 140 && id.chars().count() < 120,
+        "{why} {id}"
+    );
+
+    // A hub name as IoT Hub sends it still decodes, folded to lower case.
+    let ok = decode::decode_delivery(&json!([eg(conn, data("My-Hub"))])).unwrap();
+    assert_eq!(event(&ok[0]).identity.hub(), "my-hub");
+}

@@ -2,6 +2,7 @@
 //! `local.settings.json.example`, checked against the SchemaStore schemas (leniently: that schema
 //! set is over-permissive and strict validators reject valid files) and against what the host needs.
 
+use crate::support::SETTINGS;
 use connmon::settings::Settings;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -145,36 +146,19 @@ fn local_settings_example_lists_every_setting_with_its_default() {
     let values: &Map<String, Value> = example["Values"].as_object().unwrap();
     assert_eq!(values["FUNCTIONS_WORKER_RUNTIME"], "custom");
     assert_eq!(values["AzureWebJobsStorage"], "UseDevelopmentStorage=true");
-    for name in [
-        "CONNMON_GRACE_PERIOD",
-        "CONNMON_ALERT_WEBHOOK_URL",
-        "CONNMON_STORE",
-        "CONNMON_SQLITE_PATH",
-        "CONNMON_TABLE_CONNECTION",
-        "CONNMON_TABLE_NAME",
-        "CONNMON_LISTEN",
-        "CONNMON_SWEEP_INTERVAL",
-        "CONNMON_WEBHOOK_KEY",
-        "CONNMON_TEAMS_WEBHOOK_URL",
-        "CONNMON_SLACK_WEBHOOK_URL",
-        "CONNMON_PAGERDUTY_ROUTING_KEY",
-        "CONNMON_PAGERDUTY_EVENTS_URL",
-        "CONNMON_GROUP_THRESHOLD",
-        "CONNMON_INCLUDE",
-        "CONNMON_EXCLUDE",
-        "CONNMON_GRACE_OVERRIDES",
-        "CONNMON_SILENCES",
-        "CONNMON_FLAP_THRESHOLD",
-        "CONNMON_FLAP_WINDOW",
-        "CONNMON_REMIND_EVERY",
-    ] {
-        assert!(values.contains_key(name), "{name} missing");
+    for name in SETTINGS.iter().filter(|n| n.starts_with("CONNMON_")) {
+        assert!(values.contains_key(*name), "{name} missing");
     }
-    // And every setting the binary reads (a `"CONNMON_…"` literal in src/) is listed.
+    // And every setting the binary reads (a `"CONNMON_…"` literal in src/) is listed, here and
+    // in the tests' list (which clears them for spawned processes and drives the settings fuzzer).
     for name in settings_in_src() {
         assert!(
             values.contains_key(&name),
             "{name} is read in src/ but missing from local.settings.json.example"
+        );
+        assert!(
+            SETTINGS.contains(&name.as_str()),
+            "{name} is read in src/ but missing from tests/it/support.rs SETTINGS"
         );
     }
     // The values shown are the defaults: loading them equals loading nothing.

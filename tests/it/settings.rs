@@ -295,3 +295,16 @@ fn flapping_and_reminder_settings() {
         );
     }
 }
+
+#[test]
+fn a_timespan_past_u64_seconds_is_refused_not_wrapped() {
+    // Found by fuzz.rs (`durations_parse_as_the_grammar_says_or_not_at_all`): the sum overflowed,
+    // a panic in a debug build; in release it wrapped and this was accepted as about 17 hours.
+    assert_eq!(parse_duration("213503982334601.23:59:59"), None);
+    assert_eq!(
+        parse_duration("213503982334600.23:59:59"),
+        Some(Duration::from_secs(213_503_982_334_600 * 86_400 + 86_399))
+    );
+    let err = load(&[("CONNMON_GRACE_PERIOD", "213503982334601.23:59:59")]).unwrap_err();
+    assert_eq!(err.name, "CONNMON_GRACE_PERIOD");
+}

@@ -33,6 +33,24 @@ pub fn fixture_json(rel: &str) -> Value {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Property tests
+
+/// proptest's configuration for a test that runs `default_cases` cases unless `PROPTEST_CASES`
+/// says otherwise (proptest reads that variable only for a test that keeps its default count).
+/// Failures print the shrunk case; no regression files are written into the source tree.
+pub fn proptest_config(default_cases: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default_cases);
+    proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The connmon process
 
 /// A free TCP port on 127.0.0.1: bind port 0, read the port, drop the listener (as the host does).
@@ -64,8 +82,8 @@ pub enum Mode {
 }
 
 /// Every setting connmon reads: removed from the inherited environment before each spawn, so only
-/// what a test passes applies.
-const SETTINGS: &[&str] = &[
+/// what a test passes applies (and the settings fuzzer's vocabulary).
+pub const SETTINGS: &[&str] = &[
     "FUNCTIONS_CUSTOMHANDLER_PORT",
     "FUNCTIONS_HTTPWORKER_PORT",
     "CONNMON_GRACE_PERIOD",
@@ -75,6 +93,13 @@ const SETTINGS: &[&str] = &[
     "CONNMON_PAGERDUTY_ROUTING_KEY",
     "CONNMON_PAGERDUTY_EVENTS_URL",
     "CONNMON_GROUP_THRESHOLD",
+    "CONNMON_INCLUDE",
+    "CONNMON_EXCLUDE",
+    "CONNMON_GRACE_OVERRIDES",
+    "CONNMON_SILENCES",
+    "CONNMON_FLAP_THRESHOLD",
+    "CONNMON_FLAP_WINDOW",
+    "CONNMON_REMIND_EVERY",
     "CONNMON_STORE",
     "CONNMON_SQLITE_PATH",
     "CONNMON_LISTEN",
@@ -86,6 +111,7 @@ const SETTINGS: &[&str] = &[
     "AzureWebJobsStorage__accountName",
     "AzureWebJobsStorage__tableServiceUri",
     "AzureWebJobsStorage__clientId",
+    "AzureWebJobsStorage__credential",
     "IDENTITY_ENDPOINT",
     "IDENTITY_HEADER",
 ];
