@@ -149,6 +149,17 @@ fn db_err(e: rusqlite::Error) -> StoreError {
 impl SqliteStore {
     /// Opens (creating if needed) the database file and starts the writer thread.
     pub fn open(path: &Path, cfg: StoreConfig) -> Result<SqliteStore, StoreError> {
+        // Every start-up failure names the file (a read-only file fails at the first write).
+        let file = path.display().to_string();
+        SqliteStore::open_file(path, cfg).map_err(|e| match e {
+            StoreError::Unavailable(m) if !m.contains(&file) => {
+                StoreError::Unavailable(format!("SQLite file {file}: {m}"))
+            }
+            other => other,
+        })
+    }
+
+    fn open_file(path: &Path, cfg: StoreConfig) -> Result<SqliteStore, StoreError> {
         let conn = Connection::open(path).map_err(|e| {
             StoreError::Unavailable(format!("cannot open SQLite file {}: {e}", path.display()))
         })?;

@@ -444,7 +444,9 @@ fn a_read_only_sqlite_file_stops_start_up_clearly_and_nothing_acknowledged_is_lo
     let stderr = cm.stderr();
     let line = stderr.lines().last().unwrap_or_default();
     assert!(
-        line.starts_with("connmon: ") && line.contains("readonly database"),
+        line.starts_with("connmon: ")
+            && line.contains("readonly database")
+            && line.contains(&db.display().to_string()),
         "{stderr}"
     );
 
