@@ -13,7 +13,7 @@
 //! Run: `cargo bench --bench replay` (`-- --events 2000000 --reps 5`). Smoke (20,000 events, one
 //! repetition): `cargo bench --bench replay -- --smoke`, or `cargo test --benches`.
 
-use connmon::replay::{self, engine, input, Options};
+use connmon::replay::{self, engine, fast, input, Options};
 use connmon::simulate::{self, Config};
 use std::time::{Duration, Instant};
 
@@ -56,7 +56,16 @@ fn main() {
     );
 
     let (mut load, mut run, mut total) = (Vec::new(), Vec::new(), Vec::new());
+    let mut parse = Vec::new();
     for _ in 0..reps {
+        let t = Instant::now();
+        let parsed = bytes
+            .split(|b| *b == b'\n')
+            .filter_map(fast::parse_line)
+            .count();
+        parse.push(n as f64 / t.elapsed().as_secs_f64());
+        assert_eq!(parsed, n);
+
         let t = Instant::now();
         let mut loader = input::Loader::new();
         loader
@@ -88,6 +97,7 @@ fn main() {
         total.push(eps(loaded_in + analyse_in));
     }
     println!("stage                          median events/s (of {reps})");
+    println!("parse only (1 thread, fast path){:>11.0}", median(parse));
     println!("load (parse JSONL + order)     {:>12.0}", median(load));
     println!("run (machine + sweeps, 1 grace){:>12.0}", median(run));
     println!("total (load + analyse)         {:>12.0}", median(total));
