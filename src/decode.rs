@@ -343,7 +343,9 @@ fn decode_device_event(
     })
 }
 
-fn check_id(field: &str, id: &str) -> Result<(), String> {
+/// Whether a device or module id is acceptable (length, no control characters); `field` names it in
+/// the reason. Shared with the replay's fast JSONL path and the resource-log decoder.
+pub fn check_id(field: &str, id: &str) -> Result<(), String> {
     check_text(&format!("`data.{field}`"), id)
 }
 
@@ -358,8 +360,9 @@ fn check_text(what: &str, text: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `/SUBSCRIPTIONS/…/PROVIDERS/MICROSOFT.DEVICES/IOTHUBS/<hub>` → `<hub>`.
-fn hub_from_topic(topic: &str) -> Option<String> {
+/// `/SUBSCRIPTIONS/…/PROVIDERS/MICROSOFT.DEVICES/IOTHUBS/<hub>` → `<hub>` (also a resource log's
+/// `resourceId`).
+pub fn hub_from_topic(topic: &str) -> Option<String> {
     let lower = topic.to_ascii_lowercase();
     let at = lower.rfind("/iothubs/")? + "/iothubs/".len();
     let hub = topic[at..].split('/').next()?;

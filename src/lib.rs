@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`model`]: domain types — `Identity`, `SequenceNumber`, `Timestamp`, `ConnectionEvent`.
 //! - [`decode`]: every envelope shape (host invocation, Event Grid, CloudEvents) → `Decoded` items.
+//! - [`logs`]: IoT Hub Connections resource logs (records, Log Analytics rows, CSV) → events.
 //! - [`machine`]: the pure per-identity state machine (`apply`, `claim_due`), no I/O, no clock.
 //! - [`store`]: the `Store` trait and its SQLite implementation (group commit, conditional writes).
 //! - [`alerts`]: the alert wire body and the log line.
@@ -18,17 +19,25 @@
 //! - [`server`]: the axum router and its status codes.
 //! - [`settings`]: environment → validated `Settings`.
 //! - [`log`]: log lines (stdout for information, stderr for problems and alerts).
+//! - [`replay`]: `connmon replay` — history through the production machine on a virtual clock, the
+//!   report (text, JSON, HTML) and the recommended grace period.
+//! - [`simulate`]: `connmon simulate` — synthetic fleets with ground truth, and their score.
+//! - [`cli`]: the subcommands' argument parsing and I/O (`main` dispatches to it).
 
 pub mod alerts;
 pub mod channels;
+pub mod cli;
 pub mod decode;
 pub mod log;
+pub mod logs;
 pub mod machine;
 pub mod model;
 pub mod monitor;
+pub mod replay;
 pub mod scope;
 pub mod server;
 pub mod settings;
+pub mod simulate;
 pub mod store;
 
 use channels::queue::QueueOutput;

@@ -1,10 +1,15 @@
-//! The `connmon` binary: read settings, pick the mode, run. Everything else lives in the library.
+//! The `connmon` binary: a subcommand (`replay`, `simulate`, `help`) goes to `connmon::cli`;
+//! otherwise read settings, pick the mode, run. Everything else lives in the library.
 
 use connmon::settings::{Mode, Settings};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(code) = connmon::cli::dispatch(&args) {
+        return code;
+    }
     let settings = match Settings::from_env() {
         Ok(s) => s,
         Err(e) => {

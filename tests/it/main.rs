@@ -21,5 +21,6 @@ mod crash;
 mod faults;
 mod host;
 mod multi_instance;
+mod replay;
 mod restart;
 mod standalone;

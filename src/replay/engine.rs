@@ -1,0 +1,223 @@
+//! The production state machine on a virtual clock: [`Timeline`] (every identity once, every
+//! event in receipt order) and [`run`], which feeds it through `machine::apply` and
+//! `machine::claim_due` exactly as the service does, with a sweep timer instead of a wall clock.
+//!
+//! The clock: an event is received at its `received_at` (its event time in recorded history; event
+//! time plus a modelled delivery delay in a simulation). Sweeps run on a timer of period
+//! `sweep_every` anchored at the Unix epoch, like the standalone ticker: before each event, every
+//! timer tick strictly before its receipt at which something is due is run (a priority queue of
+//! due times, checked lazily against `IdentityState::due_at`, the value the stores index). After
+//! the last event, ticks up to and including the last receipt time run. Events received in the
+//! same instant as a tick are applied before it.
+
+use crate::machine::{self, apply, claim_due, Alert, Claim, IdentityState, Outcome, Policy};
+use crate::model::{ConnectionEvent, EventKind, Identity, Timestamp};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Duration;
+
+/// One event on the timeline. The identity is a slot in [`Timeline::identities`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimedEvent {
+    pub slot: u32,
+    pub kind: EventKind,
+    pub time: Timestamp,
+    pub received_at: Timestamp,
+}
+
+/// Recorded or simulated history, ready to run at any policy.
+#[derive(Debug, Clone, Default)]
+pub struct Timeline {
+    pub identities: Vec<Identity>,
+    /// Sorted by `received_at` (stable: input order breaks ties).
+    pub events: Vec<TimedEvent>,
+}
+
+impl Timeline {
+    /// The slots of each device's modules (and the device itself), by device slot: a
+    /// `DeviceDeleted` removes them all, as the stores do.
+    fn families(&self) -> Vec<Vec<u32>> {
+        let mut by_device = std::collections::HashMap::new();
+        for (i, id) in self.identities.iter().enumerate() {
+            by_device
+                .entry((id.hub(), id.device()))
+                .or_insert_with(Vec::new)
+                .push(i as u32);
+        }
+        self.identities
+            .iter()
+            .map(|id| match id.module() {
+                Some(_) => Vec::new(),
+                None => by_device[&(id.hub(), id.device())].clone(),
+            })
+            .collect()
+    }
+
+    /// The slot of each identity's device-level identity, if the timeline has one.
+    fn device_slots(&self) -> Vec<Option<u32>> {
+        let index: std::collections::HashMap<(&str, &str), u32> = self
+            .identities
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| id.module().is_none())
+            .map(|(i, id)| ((id.hub(), id.device()), i as u32))
+            .collect();
+        self.identities
+            .iter()
+            .map(|id| index.get(&(id.hub(), id.device())).copied())
+            .collect()
+    }
+
+    pub fn first_time(&self) -> Option<Timestamp> {
+        self.events.iter().map(|e| e.time).min()
+    }
+
+    pub fn last_time(&self) -> Option<Timestamp> {
+        self.events.iter().map(|e| e.time).max()
+    }
+}
+
+/// Watches a run: every applied transition (with the state it started from) and every claim.
+pub trait Observer {
+    fn applied(&mut self, _slot: u32, _before: &IdentityState, _t: &machine::Transition) {}
+}
+
+/// An observer that watches nothing.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// What one run at one policy produced.
+#[derive(Debug, Clone, Default)]
+pub struct RunResult {
+    /// Every alert, in the order it was raised (claims at sweeps, `reconnected`/`flapping` at
+    /// events), `disconnected` ones stamped with their sweep tick.
+    pub alerts: Vec<Alert>,
+    /// Silent reconnects: outages closed inside the grace (`closed_silently`) or restarted by a
+    /// newer disconnect (`restarted`, the connect was lost to IoT Hub's sampling).
+    pub suppressed_reconnects: u64,
+    pub duplicates: u64,
+    pub stale: u64,
+    /// Outages still open, without an alert, when the input ended: too young to tell.
+    pub open_at_end: u64,
+}
+
+/// Runs the timeline through the machine under `policy`, sweeping every `sweep_every`.
+pub fn run(
+    tl: &Timeline,
+    policy: &Policy,
+    sweep_every: Duration,
+    observer: &mut dyn Observer,
+) -> RunResult {
+    let period = (sweep_every.as_millis() as i64).max(1);
+    let tick_of = |due: Timestamp| {
+        Timestamp(
+            due.0.div_euclid(period) * period
+                + if due.0.rem_euclid(period) == 0 {
+                    0
+                } else {
+                    period
+                },
+        )
+    };
+    let families = tl.families();
+    let device_slot = tl.device_slots();
+    let mut states = vec![IdentityState::default(); tl.identities.len()];
+    // One reusable event per identity: applying never allocates an `Identity`.
+    let mut scratch: Vec<ConnectionEvent> = tl
+        .identities
+        .iter()
+        .map(|id| ConnectionEvent {
+            identity: id.clone(),
+            kind: EventKind::Deleted,
+            time: None,
+            event_id: String::new(),
+        })
+        .collect();
+    let mut due: BinaryHeap<Reverse<(Timestamp, u32)>> = BinaryHeap::new();
+    let mut out = RunResult::default();
+
+    let sweep = |limit: Timestamp,
+                 inclusive: bool,
+                 states: &mut [IdentityState],
+                 due: &mut BinaryHeap<Reverse<(Timestamp, u32)>>,
+                 out: &mut RunResult| {
+        while let Some(&Reverse((first, _))) = due.peek() {
+            let tick = tick_of(first);
+            if tick > limit || (!inclusive && tick == limit) {
+                break;
+            }
+            while let Some(&Reverse((at, slot))) = due.peek() {
+                if at > tick {
+                    break;
+                }
+                due.pop();
+                let s = &mut states[slot as usize];
+                if s.due_at(policy) != Some(at) {
+                    continue; // superseded by a later event or claim
+                }
+                let id = &tl.identities[slot as usize];
+                match claim_due(id, s, tick, policy) {
+                    Claim::Alert(next, alert) => {
+                        *s = next;
+                        out.alerts.push(alert);
+                    }
+                    Claim::Snooze(next) => *s = next,
+                    Claim::NotDue => continue,
+                }
+                if let Some(d) = s.due_at(policy).filter(|d| *d > at) {
+                    due.push(Reverse((d, slot)));
+                }
+            }
+        }
+    };
+
+    for ev in &tl.events {
+        sweep(ev.received_at, false, &mut states, &mut due, &mut out);
+        let slot = ev.slot as usize;
+        let e = &mut scratch[slot];
+        e.kind = ev.kind;
+        e.time = Some(ev.time);
+        let before = match (e.identity.module(), device_slot[slot]) {
+            (Some(_), Some(d)) => {
+                machine::with_device_deletion(&states[slot], states[d as usize].deleted_at)
+            }
+            _ => states[slot].clone(),
+        };
+        let t = apply(&before, e, ev.received_at, policy);
+        observer.applied(ev.slot, &before, &t);
+        match t.outcome {
+            Outcome::ClosedSilently | Outcome::Restarted => out.suppressed_reconnects += 1,
+            Outcome::Duplicate => out.duplicates += 1,
+            Outcome::Stale => out.stale += 1,
+            _ => {}
+        }
+        if t.outcome == Outcome::Deleted {
+            for &m in &families[slot] {
+                if m as usize != slot {
+                    states[m as usize] = t.state.clone();
+                }
+            }
+            // A withdrawn alert that was not "delivered" yet: in a replay every alert counts as
+            // delivered when raised, as with a healthy webhook.
+        }
+        if let Some(a) = t.alert {
+            out.alerts.push(a);
+        }
+        if !t.outcome.changes_state() {
+            continue;
+        }
+        let next_due = t.state.due_at(policy);
+        states[slot] = t.state;
+        if let Some(d) = next_due {
+            due.push(Reverse((d, ev.slot)));
+        }
+    }
+    if let Some(end) = tl.events.iter().map(|e| e.received_at).max() {
+        sweep(end, true, &mut states, &mut due, &mut out);
+    }
+    out.open_at_end = states
+        .iter()
+        .filter(|s| s.outage.is_some_and(|o| o.alerted_at.is_none()))
+        .count() as u64;
+    out
+}
