@@ -18,8 +18,8 @@ use serde_json::{json, Value};
 use std::hint::black_box;
 use std::time::Duration;
 
-/// `decode::parse_json` + `decode::decode_delivery`, or `decode::decode_host_invocation_bytes` (the
-/// server's path for host envelopes).
+/// `decode::parse_json` + `decode::decode_delivery` or `decode::decode_host_invocation`, as the
+/// server calls them.
 type Decode = fn(&[u8]) -> Result<Vec<Decoded>, decode::EnvelopeError>;
 /// A parse-only ceiling.
 type Parse = fn(&[u8]) -> Value;
@@ -165,7 +165,7 @@ fn core(c: &mut Criterion) {
         c,
         "host",
         host_body,
-        decode::decode_host_invocation_bytes,
+        |b| decode::decode_host_invocation(&decode::parse_json(b)?),
         Some(("serde_json_parse_all_layers", parse_all_layers)),
     );
 }

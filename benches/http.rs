@@ -109,7 +109,7 @@ fn free_port() -> u16 {
 /// The no-op server: the same axum/tokio/hyper stack and runtime as `connmon` (multi-threaded,
 /// one worker per core), `POST /ConnectionEvent` reads the body and answers the same 200 JSON a
 /// real invocation gets, without touching any store. With `decode` it also decodes the envelope
-/// the way the product does (`decode_host_invocation_bytes`).
+/// the way the product does (`parse_json` + `decode_host_invocation`).
 fn noop(port: u16, decode: bool) {
     use axum::routing::{get, post};
     let body = serde_json::json!({
@@ -123,8 +123,9 @@ fn noop(port: u16, decode: bool) {
             "/ConnectionEvent",
             post(move |bytes: axum::body::Bytes| async move {
                 if decode {
-                    let items = connmon::decode::decode_host_invocation_bytes(&bytes)
-                        .expect("a host envelope");
+                    let value = connmon::decode::parse_json(&bytes).expect("JSON");
+                    let items =
+                        connmon::decode::decode_host_invocation(&value).expect("a host envelope");
                     assert_eq!(items.len(), 1);
                 }
                 axum::Json(body)

@@ -106,46 +106,6 @@ pub fn decode_host_invocation(body: &Value) -> Result<Vec<Decoded>, EnvelopeErro
     decode_host_value(unwrap_host_value(value.clone())?)
 }
 
-/// [`decode_host_invocation`] straight from the request bytes, the path the server takes. The
-/// envelope's outer layers are scanned without building `Value` trees (the `Metadata` the host
-/// sends is skipped, the binding's string layers are unescaped once each), and only the event
-/// itself is parsed into a `Value`. Any body that does not take this fast path exactly (a
-/// `Data` key in another case, several bindings, not JSON at all) goes through
-/// [`parse_json`] + [`decode_host_invocation`], so results and error messages are the same.
-pub fn decode_host_invocation_bytes(body: &[u8]) -> Result<Vec<Decoded>, EnvelopeError> {
-    match host_binding_fast(body) {
-        Some(value) => decode_host_value(value),
-        None => decode_host_invocation(&parse_json(body)?),
-    }
-}
-
-/// The binding's event as a `Value` when the envelope has the plain shape: an object with a
-/// `Data` object whose `eventGridEvent` (or only) binding holds the event, possibly as a string
-/// layer or two. `None` for anything else.
-fn host_binding_fast(body: &[u8]) -> Option<Value> {
-    use serde_json::value::RawValue;
-    use std::collections::HashMap;
-    let outer: HashMap<String, &RawValue> = serde_json::from_slice(body).ok()?;
-    let data: HashMap<String, &RawValue> = serde_json::from_str(outer.get("Data")?.get()).ok()?;
-    let raw = match data.get("eventGridEvent") {
-        Some(r) => *r,
-        None if data.len() == 1 => *data.values().next()?,
-        None => return None,
-    };
-    // At most two string layers (`unwrap_host_value`'s limit), then the event.
-    let mut text: std::borrow::Cow<'_, str> = raw.get().into();
-    for _ in 0..2 {
-        if !text.trim_start().starts_with('"') {
-            break;
-        }
-        text = serde_json::from_str::<String>(&text).ok()?.into();
-    }
-    if text.trim_start().starts_with('"') {
-        return None;
-    }
-    serde_json::from_str(&text).ok()
-}
-
 /// What the binding held, once its string layers are undone: one event object or an array.
 fn decode_host_value(value: Value) -> Result<Vec<Decoded>, EnvelopeError> {
     match value {

@@ -261,7 +261,10 @@ async fn connection_event(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let report = ingest(&m, &headers, body, decode::decode_host_invocation_bytes).await?;
+    let report = ingest(&m, &headers, body, |b| {
+        decode::decode_host_invocation(&decode::parse_json(b)?)
+    })
+    .await?;
     let mut logs = vec![report.summary()];
     let shown = crate::monitor::MAX_REJECTION_LOG_LINES;
     logs.extend(
