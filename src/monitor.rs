@@ -216,7 +216,7 @@ impl Monitor {
                         log::warn(format_args!(
                             "event rejected (acknowledged, not applied): {reason}{}",
                             event_id
-                                .map(|id| format!(" [event id {:?}]", crate::decode::clip(&id)))
+                                .map(|id| format!(" [event id {id:?}]"))
                                 .unwrap_or_default()
                         ));
                     }

@@ -34,19 +34,7 @@ fn secs_between(from: &Value, to: &Value) -> f64 {
 /// Checks the documented field set and types of one alert.
 fn check_shape(a: &Value) {
     let keys: BTreeSet<&str> = a.as_object().unwrap().keys().map(String::as_str).collect();
-    let expected: BTreeSet<&str> = [
-        "kind",
-        "dedupKey",
-        "hub",
-        "deviceId",
-        "moduleId",
-        "disconnectedAt",
-        "reconnectedAt",
-        "downtimeSeconds",
-        "gracePeriodSeconds",
-        "detectedAt",
-    ]
-    .into();
+    let expected: BTreeSet<&str> = ALERT_FIELDS.into();
     assert_eq!(keys, expected, "{a}");
     assert!(a["dedupKey"].as_str().is_some_and(|k| !k.is_empty()), "{a}");
     assert!(a["hub"].is_string() && a["deviceId"].is_string(), "{a}");

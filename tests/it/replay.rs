@@ -2,7 +2,7 @@
 //! core's rules, the fast JSONL path against the production decoder, the report (JSON shape, HTML),
 //! and simulate → replay round trips scored against ground truth.
 
-use crate::support::{fixture, Connmon};
+use crate::support::{fixture, Connmon, ALERT_FIELDS};
 use connmon::decode::{self, Decoded};
 use connmon::machine::AlertKind;
 use connmon::model::{EventKind, Identity, SequenceNumber, Timestamp};
@@ -697,16 +697,7 @@ fn replay_of_the_simulate_command_output_round_trips() {
             .iter()
             .find(|a| a["deviceId"] == o["deviceId"])
             .unwrap_or_else(|| panic!("{o} missed"));
-        for key in [
-            "dedupKey",
-            "hub",
-            "moduleId",
-            "disconnectedAt",
-            "reconnectedAt",
-            "downtimeSeconds",
-            "gracePeriodSeconds",
-            "detectedAt",
-        ] {
+        for key in ALERT_FIELDS {
             assert!(hit.get(key).is_some(), "{key} in {hit}");
         }
     }

@@ -20,6 +20,20 @@ use std::time::{Duration, Instant};
 // ---------------------------------------------------------------------------------------------
 // Fixtures
 
+/// The fields of every alert object the webhook receives (design.md), also what replay reports.
+pub const ALERT_FIELDS: [&str; 10] = [
+    "kind",
+    "dedupKey",
+    "hub",
+    "deviceId",
+    "moduleId",
+    "disconnectedAt",
+    "reconnectedAt",
+    "downtimeSeconds",
+    "gracePeriodSeconds",
+    "detectedAt",
+];
+
 pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 /// A fixture file's bytes, e.g. `fixture("host/timer-monitor-on.captured.json")`.
