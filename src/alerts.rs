@@ -69,6 +69,15 @@ pub fn log_line(a: &Alert) -> String {
             "still offline since {} ({}s)",
             a.disconnected_at, a.downtime_seconds
         ),
+        AlertKind::HubQuiet => format!(
+            "no event from the hub since {} ({}s): check the Event Grid subscription and the hub",
+            a.disconnected_at, a.downtime_seconds
+        ),
+        AlertKind::HubResumed => format!(
+            "events arrive again since {} after {}s without any",
+            a.reconnected_at.unwrap_or(a.detected_at),
+            a.downtime_seconds
+        ),
         AlertKind::Flapping | AlertKind::FlappingResolved => {
             let f = a.flap.as_ref();
             format!(
@@ -82,6 +91,14 @@ pub fn log_line(a: &Alert) -> String {
             )
         }
     };
+    if matches!(a.kind, AlertKind::HubQuiet | AlertKind::HubResumed) {
+        return format!(
+            "{} hub={:?} {what} dedupKey={}",
+            a.kind.as_str(),
+            a.identity.hub(),
+            a.dedup_key
+        );
+    }
     format!(
         "{} hub={:?} device={:?}{module} {what} dedupKey={}",
         a.kind.as_str(),

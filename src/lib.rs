@@ -38,6 +38,7 @@ pub mod scope;
 pub mod server;
 pub mod settings;
 pub mod simulate;
+pub mod status;
 pub mod store;
 
 use channels::queue::QueueOutput;

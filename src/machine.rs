@@ -142,6 +142,11 @@ pub enum AlertKind {
     FlappingResolved,
     /// A still-open `disconnected` alert, repeated (same `dedupKey`).
     Reminder,
+    /// No event at all from a hub for `CONNMON_HUB_QUIET_AFTER` (the dead-man's switch): the
+    /// subscription or the hub may be broken. The identity names the hub, with an empty device id.
+    HubQuiet,
+    /// Events arrive again from a hub that was reported quiet (same `dedupKey`).
+    HubResumed,
 }
 
 impl AlertKind {
@@ -152,6 +157,8 @@ impl AlertKind {
             AlertKind::Flapping => "flapping",
             AlertKind::FlappingResolved => "flapping_resolved",
             AlertKind::Reminder => "reminder",
+            AlertKind::HubQuiet => "hub_quiet",
+            AlertKind::HubResumed => "hub_resumed",
         }
     }
 }

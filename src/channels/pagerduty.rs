@@ -45,6 +45,8 @@ pub const SUMMARY_CHARS: usize = 1_024;
 pub const CLASS: &str = "device-connectivity";
 /// `payload.class` of a `flapping` trigger.
 pub const FLAPPING_CLASS: &str = "device-flapping";
+/// `payload.class` of a `hub_quiet` trigger (the dead-man's switch).
+pub const HUB_CLASS: &str = "hub-silence";
 /// The wait after a 429 without `Retry-After`: PagerDuty's limit is counted per minute.
 pub const THROTTLE_WAIT: Duration = Duration::from_secs(60);
 /// Accepted events remembered at most (a batch is at most `people::BATCH` alerts, so at most
@@ -133,6 +135,17 @@ fn single_summary(a: &AlertBody) -> String {
     people::clip(&summary, SUMMARY_CHARS)
 }
 
+/// `no events from hub myhub since <time> (30m): check the Event Grid subscription`.
+fn hub_quiet_summary(a: &AlertBody) -> String {
+    let summary = format!(
+        "no events from hub {} since {} ({}): check the Event Grid subscription and the hub",
+        a.hub,
+        people::time(&a.disconnected_at),
+        people::duration(a.downtime_seconds)
+    );
+    people::clip(&summary, SUMMARY_CHARS)
+}
+
 /// `sensor-42 flapping on hub myhub: 6 silent reconnects within 30m (<hint>)`.
 fn flapping_summary(a: &AlertBody) -> String {
     let mut summary = format!(
@@ -185,7 +198,16 @@ pub fn events(alerts: &[AlertBody], group_threshold: usize, routing_key: &str) -
                     "error",
                     CLASS,
                 )),
-                "reconnected" | "flapping_resolved" => out.push(resolve(routing_key, &a.dedup_key)),
+                "reconnected" | "flapping_resolved" | "hub_resumed" => {
+                    out.push(resolve(routing_key, &a.dedup_key))
+                }
+                "hub_quiet" => out.push(device_trigger(
+                    routing_key,
+                    a,
+                    hub_quiet_summary(a),
+                    "critical",
+                    HUB_CLASS,
+                )),
                 "flapping" => out.push(device_trigger(
                     routing_key,
                     a,

@@ -97,6 +97,8 @@ pub enum Category {
     BackOnline,
     Flapping,
     Stable,
+    HubQuiet,
+    HubResumed,
     Other,
 }
 
@@ -116,6 +118,8 @@ impl Category {
                 "reconnected" => Category::BackOnline,
                 "flapping" => Category::Flapping,
                 "flapping_resolved" => Category::Stable,
+                "hub_quiet" => Category::HubQuiet,
+                "hub_resumed" => Category::HubResumed,
                 _ => Category::Other,
             },
         }
@@ -129,6 +133,8 @@ impl Category {
             Category::BackOnline => format!("🟢 {count} back online"),
             Category::Flapping => format!("🟠 {count} flapping"),
             Category::Stable => format!("🟢 {count} stable again"),
+            Category::HubQuiet => format!("⚫ {count} hub(s) sending no events"),
+            Category::HubResumed => format!("🟢 {count} hub(s) sending events again"),
             Category::Other => format!("{count} other alerts"),
         }
     }
@@ -150,7 +156,12 @@ pub fn headline(notices: &[Notice]) -> String {
         .enumerate()
         .map(|(i, (c, k))| {
             let phrase = c.phrase(*k);
-            if i > 0 || *c == Category::Other {
+            if i > 0
+                || matches!(
+                    c,
+                    Category::Other | Category::HubQuiet | Category::HubResumed
+                )
+            {
                 return phrase;
             }
             // `devices` once, after the first number: `🔴 1 device offline`.
@@ -190,6 +201,14 @@ pub fn title(n: &Notice, esc: &dyn Fn(&str) -> String) -> String {
                     duration(a.window_seconds.unwrap_or_default())
                 ),
                 "flapping_resolved" => format!("🟢 {id} stable again after flapping ({hub})"),
+                "hub_quiet" => format!(
+                    "⚫ no events from hub {hub} for {}: check the Event Grid subscription",
+                    duration(a.downtime_seconds)
+                ),
+                "hub_resumed" => format!(
+                    "🟢 events from hub {hub} again after {}",
+                    duration(a.downtime_seconds)
+                ),
                 other => format!("{}: {id} ({hub})", esc(&clip(other, 32))),
             }
         }
@@ -242,6 +261,18 @@ fn id_fact(label: &'static str, value: String) -> Fact {
 pub fn facts(n: &Notice) -> Vec<Fact> {
     match n {
         Notice::Single(a) => {
+            if a.kind.starts_with("hub_") {
+                let mut f = vec![
+                    id_fact("Hub", shown_hub(&a.hub)),
+                    fact("Last event before", time(&a.disconnected_at)),
+                ];
+                if let Some(back) = &a.reconnected_at {
+                    f.push(fact("Events again", time(back)));
+                }
+                f.push(fact("Without events", duration(a.downtime_seconds)));
+                f.push(fact("Quiet after", duration(a.grace_period_seconds)));
+                return f;
+            }
             let mut f = vec![id_fact("Device", clip(&a.device_id, MAX_ID))];
             if let Some(m) = &a.module_id {
                 f.push(id_fact("Module", clip(m, MAX_ID)));

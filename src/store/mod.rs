@@ -11,11 +11,13 @@
 pub mod sqlite;
 pub mod table;
 
-use crate::machine::{Alert, Outcome, Policy};
-use crate::model::{ConnectionEvent, Timestamp};
+use crate::machine::{Alert, IdentityState, Outcome, Policy};
+use crate::model::{ConnectionEvent, Identity, Timestamp};
+use crate::status::{self, History, HubState, State};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -65,6 +67,65 @@ pub struct QueuedAlert {
     /// The alert's wire body (one element of the webhook's `alerts` array), stored as JSON text.
     pub body: String,
     pub attempts: u32,
+}
+
+/// One identity as the status API reads it: its state and its recent history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityRecord {
+    pub identity: Identity,
+    pub state: IdentityState,
+    pub history: History,
+}
+
+/// How many identities stand where, at one moment (`GET /api/status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// Every identity with a state (not deleted).
+    pub tracked: u64,
+    pub connected: u64,
+    /// Offline within the grace period (or held back by a silence).
+    pub pending: u64,
+    /// Offline past the grace period, `disconnected` alert raised.
+    pub alerted: u64,
+    /// With an open `flapping` alert.
+    pub flapping: u64,
+    /// Pending and muted by a silence active now.
+    pub silenced: u64,
+}
+
+impl Counts {
+    /// Counts one identity's status.
+    pub fn add(&mut self, s: &status::Status) {
+        if s.state == State::Deleted {
+            return;
+        }
+        self.tracked += 1;
+        match s.state {
+            State::Connected => self.connected += 1,
+            State::Pending => self.pending += 1,
+            State::Alerted => self.alerted += 1,
+            State::Deleted | State::Unknown => {}
+        }
+        self.flapping += u64::from(s.flapping);
+        self.silenced += u64::from(s.silenced_until.is_some());
+    }
+}
+
+/// What the store knows beyond identities: every hub heard from, and the last sweep.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Overview {
+    /// Sorted by hub name.
+    pub hubs: Vec<HubState>,
+    /// When the last sweep finished (on any instance).
+    pub last_sweep_at: Option<Timestamp>,
+}
+
+/// The dead-man's switch as the sweep runs it: `CONNMON_HUB_QUIET_AFTER` and when this process
+/// started watching (quiet time is never counted from before it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuietCheck {
+    pub quiet_after: Duration,
+    pub watching_since: Timestamp,
 }
 
 /// The store could not do what was asked; the caller answers non-2xx so the sender retries.
@@ -127,4 +188,36 @@ pub trait Store: Send + Sync {
 
     /// How many deliveries wait in the outbox, over all channels (for the sweep summary).
     fn queue_len(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// One identity's record, deleted ones (tombstones) included; `None` if never heard of.
+    fn identity(&self, id: Identity) -> BoxFuture<'_, Result<Option<IdentityRecord>, StoreError>>;
+
+    /// Up to `limit` identities after `after` in the store's own stable order (every identity
+    /// exactly once when paged through from `None`), of one hub or all. A read: it never waits for
+    /// writes and never blocks them.
+    fn identities(
+        &self,
+        hub: Option<String>,
+        after: Option<Identity>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<IdentityRecord>, StoreError>>;
+
+    /// The counts of `GET /api/status` at `now`.
+    fn counts(&self, now: Timestamp) -> BoxFuture<'_, Result<Counts, StoreError>>;
+
+    /// Records that events from these hubs arrived at these times (each hub's latest time wins;
+    /// an earlier time never moves it back).
+    fn touch_hubs(&self, seen: Vec<(String, Timestamp)>) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Every hub heard from, and the last sweep.
+    fn overview(&self) -> BoxFuture<'_, Result<Overview, StoreError>>;
+
+    /// Ends a sweep at `now`: records it as the last sweep and, with a `quiet` check, runs
+    /// `status::check_hub` for every hub, raising and queuing each `hub_quiet` / `hub_resumed`
+    /// alert exactly once (atomically with the hub's new state, like `claim_due`).
+    fn finish_sweep(
+        &self,
+        now: Timestamp,
+        quiet: Option<QuietCheck>,
+    ) -> BoxFuture<'_, Result<Vec<Alert>, StoreError>>;
 }

@@ -11,13 +11,16 @@
 //! update either.
 
 use super::{
-    decode_times, encode_times, Applied, BoxFuture, QueuedAlert, Store, StoreConfig, StoreError,
+    decode_times, encode_times, Applied, BoxFuture, Counts, IdentityRecord, Overview, QueuedAlert,
+    QuietCheck, Store, StoreConfig, StoreError,
 };
 use crate::alerts::AlertBody;
 use crate::machine::{self, Alert, Claim, Flapping, IdentityState, Outage, Policy};
 use crate::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
+use crate::status::{self, History, HubState, Quiet};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most commands folded into one transaction; bounds the latency one commit adds to the first caller.
@@ -47,6 +50,7 @@ CREATE TABLE IF NOT EXISTS identities (
     flapping_seq  BLOB,
     due_at        INTEGER,            -- when the sweep must look next (the index), NULL if never
     deleted_at    INTEGER,
+    history       TEXT,               -- recent changes, status::History's form (layout 2)
     PRIMARY KEY (hub, device, module)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS identities_due ON identities(due_at)
@@ -67,6 +71,16 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at      INTEGER NOT NULL,
     UNIQUE (dedup_key, kind, channel)
 );
+CREATE TABLE IF NOT EXISTS hubs (
+    hub              TEXT    PRIMARY KEY,
+    last_event_at    INTEGER NOT NULL,  -- receipt time of the latest event from the hub
+    quiet_since      INTEGER,           -- an open `hub_quiet` alert: the silence's start
+    quiet_alerted_at INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,             -- 'last_sweep_at'
+    value INTEGER
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS outbox_channel ON outbox(channel, id);
 CREATE INDEX IF NOT EXISTS outbox_identity ON outbox(hub, device, module);
 ";
@@ -76,13 +90,14 @@ CREATE INDEX IF NOT EXISTS outbox_identity ON outbox(hub, device, module);
 pub const CLAIM_DUE_SQL: &str =
     "SELECT version, last_seq, last_event_at, connected, outage_start, outage_seq,
             alerted_at, deleted_at, outage_due, flaps, flapping_since, flapping_seq, remind_at,
-            hub, device, module
+            hub, device, module, history
      FROM identities WHERE due_at IS NOT NULL AND due_at <= ?1
      ORDER BY due_at LIMIT ?2";
 
-/// The layout `SCHEMA` creates, stored in SQLite's `user_version`. A file written with another
-/// layout is refused with a clear message instead of being misread.
-pub const SCHEMA_VERSION: i64 = 1;
+/// The layout `SCHEMA` creates, stored in SQLite's `user_version`. A file of layout 1 is upgraded
+/// in place (layout 2 added `identities.history` and the `hubs` and `meta` tables); a file written
+/// with any other layout is refused with a clear message instead of being misread.
+pub const SCHEMA_VERSION: i64 = 2;
 
 fn check_schema_version(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     let version: i64 = conn
@@ -95,6 +110,12 @@ fn check_schema_version(conn: &Connection, path: &Path) -> Result<(), StoreError
             |r| r.get(0),
         )
         .map_err(db_err)?;
+    if has_tables && version == 1 {
+        // Layout 1 → 2: the new column; `SCHEMA` then creates the new tables.
+        conn.execute_batch("ALTER TABLE identities ADD COLUMN history TEXT")
+            .map_err(db_err)?;
+        return Ok(());
+    }
     if has_tables && version != SCHEMA_VERSION {
         return Err(StoreError::Unavailable(format!(
             "SQLite file {} has data layout version {version}, this connmon needs {SCHEMA_VERSION}: \
@@ -134,12 +155,25 @@ enum Command {
     QueueLen {
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
+    TouchHubs {
+        seen: Vec<(String, Timestamp)>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    FinishSweep {
+        now: Timestamp,
+        quiet: Option<QuietCheck>,
+        reply: oneshot::Sender<Result<Vec<Alert>, StoreError>>,
+    },
 }
 
 /// Handle to the writer thread; cheap to share behind an `Arc`. Dropping the last handle ends the
 /// thread after it finishes what it has.
 pub struct SqliteStore {
     tx: mpsc::Sender<Command>,
+    /// The status API's reads, on their own connection (WAL: readers never block the writer nor
+    /// wait for it), run on tokio's blocking pool.
+    reader: Arc<std::sync::Mutex<Connection>>,
+    policy: Policy,
 }
 
 fn db_err(e: rusqlite::Error) -> StoreError {
@@ -200,6 +234,14 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_size_limit", WAL_LIMIT_PAGES * 4096)
             .map_err(db_err)?;
         let checkpointer = Checkpointer::open(path)?;
+        let reader = Connection::open(path).map_err(db_err)?;
+        reader
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db_err)?;
+        reader
+            .execute_batch("PRAGMA query_only=1; PRAGMA cache_size=-8192;")
+            .map_err(db_err)?;
+        let policy = cfg.policy.clone();
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let (tx, rx) = mpsc::channel(16_384);
         let start = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -220,7 +262,25 @@ impl SqliteStore {
                 drop(stop);
             }),
         )?;
-        Ok(SqliteStore { tx })
+        Ok(SqliteStore {
+            tx,
+            reader: Arc::new(std::sync::Mutex::new(reader)),
+            policy,
+        })
+    }
+
+    /// Runs `f` on the reader connection in tokio's blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("a SQLite read failed: {e}")))?
     }
 
     async fn call<T>(
@@ -292,6 +352,170 @@ impl Store for SqliteStore {
     fn queue_len(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(self.call(|reply| Command::QueueLen { reply }))
     }
+
+    fn identity(&self, id: Identity) -> BoxFuture<'_, Result<Option<IdentityRecord>, StoreError>> {
+        Box::pin(self.read(move |conn| {
+            let sql = format!("{RECORD_SQL} WHERE hub = ?1 AND device = ?2 AND module = ?3");
+            let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
+            stmt.query_row(params![id.hub(), id.device(), module_key(&id)], record)
+                .optional()
+                .map_err(db_err)
+        }))
+    }
+
+    fn identities(
+        &self,
+        hub: Option<String>,
+        after: Option<Identity>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<IdentityRecord>, StoreError>> {
+        Box::pin(self.read(move |conn| {
+            // Key order; the row-value comparison walks the primary key from the cursor.
+            let sql = format!(
+                "{RECORD_SQL} WHERE (?1 IS NULL OR hub = ?1)
+                   AND (?2 IS NULL OR (hub, device, module) > (?2, ?3, ?4))
+                 ORDER BY hub, device, module LIMIT ?5"
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
+            let (a_hub, a_dev, a_mod) = match &after {
+                Some(a) => (Some(a.hub()), Some(a.device()), Some(module_key(a))),
+                None => (None, None, None),
+            };
+            let rows = stmt
+                .query_map(params![hub, a_hub, a_dev, a_mod, limit as i64], record)
+                .map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
+        }))
+    }
+
+    fn counts(&self, now: Timestamp) -> BoxFuture<'_, Result<Counts, StoreError>> {
+        let policy = self.policy.clone();
+        Box::pin(self.read(move |conn| {
+            // The same classification as `status::classify`, in SQL (one pass over the table).
+            let mut c = conn
+                .query_row(
+                    "SELECT
+                       COALESCE(SUM(NOT (last_seq IS NULL AND deleted_at IS NOT NULL
+                                         AND outage_start IS NULL)), 0),
+                       COALESCE(SUM(outage_start IS NULL AND connected = 1), 0),
+                       COALESCE(SUM(outage_start IS NOT NULL AND alerted_at IS NULL), 0),
+                       COALESCE(SUM(outage_start IS NOT NULL AND alerted_at IS NOT NULL), 0),
+                       COALESCE(SUM(flapping_since IS NOT NULL
+                                    AND NOT (last_seq IS NULL AND deleted_at IS NOT NULL
+                                             AND outage_start IS NULL)), 0)
+                     FROM identities",
+                    [],
+                    |r| {
+                        Ok(Counts {
+                            tracked: r.get::<_, i64>(0)? as u64,
+                            connected: r.get::<_, i64>(1)? as u64,
+                            pending: r.get::<_, i64>(2)? as u64,
+                            alerted: r.get::<_, i64>(3)? as u64,
+                            flapping: r.get::<_, i64>(4)? as u64,
+                            silenced: 0,
+                        })
+                    },
+                )
+                .map_err(db_err)?;
+            if !policy.silences.is_empty() {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT hub, device, module FROM identities
+                         WHERE outage_start IS NOT NULL AND alerted_at IS NULL",
+                    )
+                    .map_err(db_err)?;
+                let ids = stmt.query_map([], identity_at(0)).map_err(db_err)?;
+                for id in ids {
+                    let id = id.map_err(db_err)?;
+                    c.silenced += u64::from(policy.silenced_until(&id, now).is_some());
+                }
+            }
+            Ok(c)
+        }))
+    }
+
+    fn touch_hubs(&self, seen: Vec<(String, Timestamp)>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.call(move |reply| Command::TouchHubs { seen, reply }))
+    }
+
+    fn overview(&self) -> BoxFuture<'_, Result<Overview, StoreError>> {
+        Box::pin(self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT hub, last_event_at, quiet_since, quiet_alerted_at FROM hubs ORDER BY hub",
+                )
+                .map_err(db_err)?;
+            let hubs = stmt
+                .query_map([], hub_row)
+                .map_err(db_err)?
+                .collect::<Result<_, _>>()
+                .map_err(db_err)?;
+            let last_sweep_at = conn
+                .query_row(
+                    "SELECT value FROM meta WHERE key = 'last_sweep_at'",
+                    [],
+                    |r| r.get::<_, Option<i64>>(0),
+                )
+                .optional()
+                .map_err(db_err)?
+                .flatten()
+                .map(Timestamp::from_unix_millis);
+            Ok(Overview {
+                hubs,
+                last_sweep_at,
+            })
+        }))
+    }
+
+    fn finish_sweep(
+        &self,
+        now: Timestamp,
+        quiet: Option<QuietCheck>,
+    ) -> BoxFuture<'_, Result<Vec<Alert>, StoreError>> {
+        Box::pin(self.call(move |reply| Command::FinishSweep { now, quiet, reply }))
+    }
+}
+
+/// An identity's record: `record` maps these columns.
+const RECORD_SQL: &str =
+    "SELECT version, last_seq, last_event_at, connected, outage_start, outage_seq,
+            alerted_at, deleted_at, outage_due, flaps, flapping_since, flapping_seq, remind_at,
+            hub, device, module, history
+     FROM identities";
+
+/// The identity in columns `hub, device, module` from `first` on.
+fn identity_at(first: usize) -> impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<Identity> {
+    move |r| {
+        let module: String = r.get(first + 2)?;
+        Ok(Identity::new(
+            &r.get::<_, String>(first)?,
+            &r.get::<_, String>(first + 1)?,
+            (!module.is_empty()).then_some(module.as_str()),
+        ))
+    }
+}
+
+fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<IdentityRecord> {
+    Ok(IdentityRecord {
+        identity: identity_at(13)(r)?,
+        state: row_to_state(r)?.1,
+        history: history_at(r, 16)?,
+    })
+}
+
+fn hub_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HubState> {
+    let quiet = match (r.get::<_, Option<i64>>(2)?, r.get::<_, Option<i64>>(3)?) {
+        (Some(since), Some(at)) => Some(Quiet {
+            since: Timestamp::from_unix_millis(since),
+            alerted_at: Timestamp::from_unix_millis(at),
+        }),
+        _ => None,
+    };
+    Ok(HubState {
+        hub: r.get(0)?,
+        last_event_at: Timestamp::from_unix_millis(r.get(1)?),
+        quiet,
+    })
 }
 
 /// A result computed inside the transaction, sent only after the commit succeeded.
@@ -443,6 +667,8 @@ fn reply_err(cmd: Command, e: StoreError) {
         Command::Queued { reply, .. } => Pending::Queued(reply, Vec::new()),
         Command::Delivered { reply, .. } | Command::Failed { reply, .. } => Pending::Unit(reply),
         Command::QueueLen { reply } => Pending::Len(reply, 0),
+        Command::TouchHubs { reply, .. } => Pending::Unit(reply),
+        Command::FinishSweep { reply, .. } => Pending::Claim(reply, Vec::new()),
     };
     p.send_err(e);
 }
@@ -502,7 +728,84 @@ fn exec(tx: &rusqlite::Transaction<'_>, cfg: &StoreConfig, cmd: Command) -> Exec
                 Err(e) => Err((Pending::Len(reply, 0), db_err(e))),
             }
         }
+        Command::TouchHubs { seen, reply } => {
+            // A merge that only ever moves a hub's time forward: concurrent writers cannot lose
+            // each other's updates whatever their order.
+            let r = seen.iter().try_for_each(|(hub, at)| {
+                tx.prepare_cached(
+                    "INSERT INTO hubs (hub, last_event_at) VALUES (?1, ?2)
+                     ON CONFLICT (hub) DO UPDATE
+                     SET last_event_at = max(last_event_at, excluded.last_event_at)",
+                )
+                .and_then(|mut s| s.execute(params![hub, at.unix_millis()]))
+                .map(drop)
+                .map_err(db_err)
+            });
+            unit(reply, r)
+        }
+        Command::FinishSweep { now, quiet, reply } => match finish_sweep(tx, cfg, now, quiet) {
+            Ok(v) => Ok(Pending::Claim(reply, v)),
+            Err(e) => Err((Pending::Claim(reply, Vec::new()), e)),
+        },
     }
+}
+
+/// Records the sweep and runs the dead-man's switch over every hub; each hub's new state is
+/// written only if the row is still the one read (and its alert queued in the same transaction).
+fn finish_sweep(
+    tx: &rusqlite::Transaction<'_>,
+    cfg: &StoreConfig,
+    now: Timestamp,
+    quiet: Option<QuietCheck>,
+) -> Result<Vec<Alert>, StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('last_sweep_at', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+    )
+    .and_then(|mut s| s.execute([now.unix_millis()]))
+    .map_err(db_err)?;
+    let Some(q) = quiet else {
+        return Ok(Vec::new());
+    };
+    let hubs: Vec<HubState> = {
+        let mut stmt = tx
+            .prepare_cached("SELECT hub, last_event_at, quiet_since, quiet_alerted_at FROM hubs")
+            .map_err(db_err)?;
+        let rows = stmt.query_map([], hub_row).map_err(db_err)?;
+        rows.collect::<Result<_, _>>().map_err(db_err)?
+    };
+    let mut alerts = Vec::new();
+    for hub in hubs {
+        let Some((next, alert)) = status::check_hub(&hub, now, q.quiet_after, q.watching_since)
+        else {
+            continue;
+        };
+        let ms = |t: Option<Timestamp>| t.map(Timestamp::unix_millis);
+        let changed = tx
+            .prepare_cached(
+                "UPDATE hubs SET quiet_since = ?2, quiet_alerted_at = ?3
+                 WHERE hub = ?1 AND last_event_at = ?4 AND quiet_since IS ?5",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    hub.hub,
+                    ms(next.quiet.map(|q| q.since)),
+                    ms(next.quiet.map(|q| q.alerted_at)),
+                    hub.last_event_at.unix_millis(),
+                    ms(hub.quiet.map(|q| q.since)),
+                ])
+            })
+            .map_err(db_err)?;
+        if changed != 1 {
+            return Err(StoreError::Conflict(format!(
+                "hub {} changed while it was being checked",
+                hub.hub
+            )));
+        }
+        enqueue(tx, &cfg.channels, &alert)?;
+        alerts.push(alert);
+    }
+    Ok(alerts)
 }
 
 /// Outbox row ids from the opaque handles `queued` gave out; anything else names no row.
@@ -521,6 +824,7 @@ fn unit(reply: oneshot::Sender<Result<(), StoreError>>, r: Result<(), StoreError
 struct Row {
     state: IdentityState,
     version: Option<i64>,
+    history: History,
 }
 
 fn module_key(id: &Identity) -> &str {
@@ -536,24 +840,35 @@ fn load(tx: &rusqlite::Transaction<'_>, id: &Identity) -> Result<Row, StoreError
     let mut stmt = tx
         .prepare_cached(
             "SELECT version, last_seq, last_event_at, connected, outage_start, outage_seq,
-                    alerted_at, deleted_at, outage_due, flaps, flapping_since, flapping_seq, remind_at
+                    alerted_at, deleted_at, outage_due, flaps, flapping_since, flapping_seq, remind_at,
+                    history
              FROM identities WHERE hub = ?1 AND device = ?2 AND module = ?3",
         )
         .map_err(db_err)?;
     let row = stmt
-        .query_row(params![id.hub(), id.device(), module_key(id)], row_to_state)
+        .query_row(params![id.hub(), id.device(), module_key(id)], |r| {
+            Ok((row_to_state(r)?, history_at(r, 13)?))
+        })
         .optional()
         .map_err(db_err)?;
     Ok(match row {
-        Some((version, state)) => Row {
+        Some(((version, state), history)) => Row {
             state,
             version: Some(version),
+            history,
         },
         None => Row {
             state: IdentityState::default(),
             version: None,
+            history: History::default(),
         },
     })
+}
+
+fn history_at(r: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<History> {
+    Ok(History::decode(
+        r.get::<_, Option<String>>(column)?.as_deref(),
+    ))
 }
 
 /// Maps columns `version, last_seq, last_event_at, connected, outage_start, outage_seq, alerted_at,
@@ -599,6 +914,7 @@ fn save(
     id: &Identity,
     state: &IdentityState,
     version: Option<i64>,
+    history: &History,
 ) -> Result<i64, StoreError> {
     let ms = |t: Option<Timestamp>| t.map(Timestamp::unix_millis);
     let outage = state.outage;
@@ -625,14 +941,16 @@ fn save(
         ms(state.flapping.map(|f| f.since)),
         state.flapping.map(|f| f.seq.as_bytes().to_vec()),
         ms(outage.and_then(|o| o.remind_at)),
+        history.encode(),
     ];
     let changed = match version {
         None => tx
             .prepare_cached(
                 "INSERT INTO identities (hub, device, module, version, last_seq, last_event_at,
                     connected, outage_start, outage_seq, alerted_at, due_at, deleted_at,
-                    outage_due, flaps, flapping_since, flapping_seq, remind_at)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?14, ?15, ?16, ?17, ?18
+                    outage_due, flaps, flapping_since, flapping_seq, remind_at, history)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?14, ?15, ?16, ?17, ?18,
+                        ?19
                  WHERE ?13 IS NULL
                  ON CONFLICT DO NOTHING",
             )
@@ -642,7 +960,7 @@ fn save(
                 "UPDATE identities SET version = ?4, last_seq = ?5, last_event_at = ?6,
                     connected = ?7, outage_start = ?8, outage_seq = ?9, alerted_at = ?10,
                     due_at = ?11, deleted_at = ?12, outage_due = ?14, flaps = ?15,
-                    flapping_since = ?16, flapping_seq = ?17, remind_at = ?18
+                    flapping_since = ?16, flapping_seq = ?17, remind_at = ?18, history = ?19
                  WHERE hub = ?1 AND device = ?2 AND module = ?3 AND version = ?13",
             )
             .and_then(|mut s| s.execute(values)),
@@ -751,7 +1069,16 @@ fn apply_one(
     let state = machine::with_device_deletion(&row.state, device_deleted_at);
     let t = machine::apply(&state, ev, received_at, &cfg.policy);
     if t.outcome.changes_state() {
-        save(tx, &cfg.policy, &ev.identity, &t.state, row.version)?;
+        let mut history = row.history;
+        history.extend(status::changes_of(&state, &t));
+        save(
+            tx,
+            &cfg.policy,
+            &ev.identity,
+            &t.state,
+            row.version,
+            &history,
+        )?;
     }
     if let Some(alert) = &t.alert {
         enqueue(tx, &cfg.channels, alert)?;
@@ -790,7 +1117,7 @@ fn claim_due(
     // Silenced outages are snoozed (their due time moves past the silence) and so leave the range:
     // scan again until `limit` alerts are claimed or nothing due is left.
     loop {
-        let rows: Vec<(Identity, i64, IdentityState)> = {
+        let rows: Vec<(Identity, i64, IdentityState, History)> = {
             let mut stmt = tx.prepare_cached(CLAIM_DUE_SQL).map_err(db_err)?;
             let mapped = stmt
                 .query_map(params![now.unix_millis(), limit as i64], |r| {
@@ -801,22 +1128,23 @@ fn claim_due(
                         &r.get::<_, String>(14)?,
                         Some(module.as_str()),
                     );
-                    Ok((id, version, state))
+                    Ok((id, version, state, history_at(r, 16)?))
                 })
                 .map_err(db_err)?;
             mapped.collect::<Result<_, _>>().map_err(db_err)?
         };
         let scanned = rows.len();
         let mut snoozed = 0;
-        for (id, version, state) in rows {
+        for (id, version, state, mut history) in rows {
             match machine::claim_due(&id, &state, now, &cfg.policy) {
                 Claim::Alert(next, alert) => {
-                    save(tx, &cfg.policy, &id, &next, Some(version))?;
+                    history.extend([status::alert_change(&alert)]);
+                    save(tx, &cfg.policy, &id, &next, Some(version), &history)?;
                     enqueue(tx, &cfg.channels, &alert)?;
                     alerts.push(alert);
                 }
                 Claim::Snooze(next) => {
-                    save(tx, &cfg.policy, &id, &next, Some(version))?;
+                    save(tx, &cfg.policy, &id, &next, Some(version), &history)?;
                     snoozed += 1;
                 }
                 Claim::NotDue => {}
