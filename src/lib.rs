@@ -25,12 +25,15 @@
 //! - [`cli`]: the subcommands' argument parsing and I/O (`main` dispatches to it).
 
 pub mod alerts;
+pub mod api;
 pub mod channels;
 pub mod cli;
+pub mod dashboard;
 pub mod decode;
 pub mod log;
 pub mod logs;
 pub mod machine;
+pub mod metrics;
 pub mod model;
 pub mod monitor;
 pub mod replay;
@@ -39,6 +42,7 @@ pub mod server;
 pub mod settings;
 pub mod simulate;
 pub mod status;
+pub mod status_routes;
 pub mod store;
 
 use channels::queue::QueueOutput;
@@ -129,7 +133,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let policy = settings.policy();
-    let monitor = Arc::new(Monitor::new(store, notifier, policy));
+    let functions = matches!(settings.mode, Mode::Functions { .. });
+    let monitor = Arc::new(
+        Monitor::new(store, notifier, policy)
+            .with_hub_quiet_after(settings.hub_quiet_after)
+            .with_metric_lines(functions),
+    );
     let ticker = match settings.mode {
         Mode::Standalone { sweep_interval, .. } => {
             let m = monitor.clone();
@@ -148,18 +157,36 @@ pub async fn run(
         }
         Mode::Functions { .. } => None,
     };
-    let key = match settings.mode {
-        Mode::Standalone { key, listen, .. } => {
-            if key.is_none() && !listen.ip().is_loopback() {
+    let (key, api) = match settings.mode {
+        Mode::Standalone {
+            key,
+            api_key,
+            listen,
+            ..
+        } => {
+            let loopback = listen.ip().is_loopback();
+            if key.is_none() && !loopback {
                 log::warn(format_args!(
                     "listening on {listen} without CONNMON_WEBHOOK_KEY: anyone who can reach this address can post events and trigger sweeps; set CONNMON_WEBHOOK_KEY and add `?code=<key>` to the Event Grid subscription's endpoint"
                 ));
             }
-            key
+            let api = match api_key {
+                Some(k) => server::ApiAccess::Key(k),
+                None if loopback => server::ApiAccess::Open,
+                None => {
+                    log::info(format_args!(
+                        "the status API, dashboard and /metrics are off on {listen}: set CONNMON_API_KEY to turn them on"
+                    ));
+                    server::ApiAccess::Off
+                }
+            };
+            (key, api)
         }
-        Mode::Functions { .. } => None,
+        // The host checks function keys (DeviceStatus is `authLevel: function`) before it
+        // forwards a request, and connmon listens on 127.0.0.1 only.
+        Mode::Functions { .. } => (None, server::ApiAccess::Open),
     };
-    let result = server::serve(listener, server::app(monitor, key), shutdown).await;
+    let result = server::serve(listener, server::app(monitor, key, api), shutdown).await;
     if let Some(t) = ticker {
         t.abort();
     }

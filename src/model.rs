@@ -214,6 +214,17 @@ pub enum EventKind {
     Deleted,
 }
 
+impl EventKind {
+    /// `connected`, `disconnected` or `deleted` (metrics labels).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            EventKind::Connected(_) => "connected",
+            EventKind::Disconnected(_) => "disconnected",
+            EventKind::Deleted => "deleted",
+        }
+    }
+}
+
 /// One IoT Hub connection event, decoded from whichever envelope carried it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionEvent {

@@ -2,14 +2,19 @@
 //! counters. Both modes and every route go through one [`Monitor`].
 
 use crate::alerts;
+use crate::api;
 use crate::channels::{DeliveryReport, Notifier};
 use crate::decode::Decoded;
 use crate::log;
 use crate::machine::{Alert, Outcome, Policy};
+use crate::metrics::{self, Metrics};
 use crate::model::Timestamp;
-use crate::store::{Store, StoreError};
+use crate::status;
+use crate::store::{Counts, QuietCheck, Store, StoreError};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Outages claimed per store transaction during a sweep; a big outage is claimed in several.
 /// Bigger chunks write each touched page once for more alerts (a 100k-alert sweep over a million
@@ -163,29 +168,176 @@ impl SweepReport {
     }
 }
 
+/// A hub's latest event as this process heard it, and when that was last written to the store.
+#[derive(Debug, Clone, Copy)]
+struct HubSeen {
+    latest: Timestamp,
+    /// When `latest` was last written (`None`: not yet); written again once it is this old.
+    written_at: Option<Timestamp>,
+    written: Timestamp,
+}
+
+/// A hub's receipt time is written to the store at most this often per process (and at every
+/// sweep): the dead-man's switch counts in minutes, so this costs a store write per hub every 15 s
+/// under traffic instead of one per event.
+pub const HUB_TOUCH_EVERY_MS: i64 = 15_000;
+/// Functions mode: metrics go to the log at most this often per process (and after every sweep).
+pub const METRIC_LINE_EVERY_MS: i64 = 60_000;
+/// `GET /api/status` and `/metrics` reuse the store's counts for this long (counting reads every
+/// identity) unless this process changed something since (then they are counted again).
+pub const COUNTS_TTL_MS: i64 = 5_000;
+
 /// The service. Cheap to share: hold it in an `Arc`.
 pub struct Monitor {
     store: Arc<dyn Store>,
     notifier: Notifier,
     policy: Policy,
     pub counters: Counters,
+    /// The Prometheus / Application Insights figures.
+    pub metrics: Metrics,
     /// Sweeps never overlap: the standalone ticker and a `POST /DisconnectTimer` share it.
     sweep_lock: tokio::sync::Mutex<()>,
+    /// `CONNMON_HUB_QUIET_AFTER`.
+    hub_quiet_after: Option<Duration>,
+    /// When this process started: quiet time is never counted from before it.
+    started_at: Timestamp,
+    hubs: std::sync::Mutex<HashMap<String, HubSeen>>,
+    /// Functions mode: write metrics as log lines (there is no `/metrics` scraper there).
+    metric_lines: bool,
+    last_metric_line: std::sync::Mutex<Timestamp>,
+    counts_cache: tokio::sync::Mutex<Option<(Timestamp, Counts)>>,
 }
 
 impl Monitor {
     pub fn new(store: Arc<dyn Store>, notifier: Notifier, policy: Policy) -> Monitor {
+        let now = Timestamp::now();
         Monitor {
             store,
             notifier,
             policy,
             counters: Counters::default(),
+            metrics: Metrics::default(),
             sweep_lock: tokio::sync::Mutex::new(()),
+            hub_quiet_after: None,
+            started_at: now,
+            hubs: std::sync::Mutex::new(HashMap::new()),
+            metric_lines: false,
+            last_metric_line: std::sync::Mutex::new(now),
+            counts_cache: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Turns the dead-man's switch on (`CONNMON_HUB_QUIET_AFTER`).
+    pub fn with_hub_quiet_after(mut self, d: Option<Duration>) -> Monitor {
+        self.hub_quiet_after = d;
+        self
+    }
+
+    /// Functions mode: metrics as log lines.
+    pub fn with_metric_lines(mut self, on: bool) -> Monitor {
+        self.metric_lines = on;
+        self
     }
 
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn hub_quiet_after(&self) -> Option<Duration> {
+        self.hub_quiet_after
+    }
+
+    /// The store's counts, at most [`COUNTS_TTL_MS`] old.
+    pub async fn counts(&self, now: Timestamp) -> Result<Counts, StoreError> {
+        let mut cache = self.counts_cache.lock().await;
+        if let Some((at, c)) = *cache {
+            if now.unix_millis() - at.unix_millis() < COUNTS_TTL_MS && now >= at {
+                return Ok(c);
+            }
+        }
+        let c = self.store.counts(now).await?;
+        *cache = Some((now, c));
+        Ok(c)
+    }
+
+    /// Notes events from `hubs` received at `at`; returns the hubs whose time is due to be written.
+    fn note_hubs(&self, hubs: &[String], at: Timestamp) -> Vec<(String, Timestamp)> {
+        let mut seen = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut due = Vec::new();
+        for hub in hubs {
+            let e = seen.entry(hub.clone()).or_insert(HubSeen {
+                latest: at,
+                written_at: None,
+                written: Timestamp::from_unix_millis(i64::MIN),
+            });
+            e.latest = e.latest.max(at);
+            let stale = e
+                .written_at
+                .is_none_or(|w| at.unix_millis() - w.unix_millis() >= HUB_TOUCH_EVERY_MS);
+            if stale && e.latest > e.written && !due.iter().any(|(h, _)| h == hub) {
+                due.push((hub.clone(), e.latest));
+            }
+        }
+        due
+    }
+
+    /// Every hub time not yet written (before a sweep checks them).
+    fn unwritten_hubs(&self) -> Vec<(String, Timestamp)> {
+        let seen = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
+        seen.iter()
+            .filter(|(_, e)| e.latest > e.written)
+            .map(|(h, e)| (h.clone(), e.latest))
+            .collect()
+    }
+
+    /// Writes hub times; remembers what was written only if the write succeeded (a failed one is
+    /// tried again with the next event or sweep, and logged, as nothing else depends on it).
+    async fn touch_hubs(&self, due: Vec<(String, Timestamp)>, now: Timestamp) {
+        if due.is_empty() {
+            return;
+        }
+        match self.store.touch_hubs(due.clone()).await {
+            Ok(()) => {
+                let mut seen = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
+                for (hub, at) in due {
+                    if let Some(e) = seen.get_mut(&hub) {
+                        e.written = e.written.max(at);
+                        e.written_at = Some(now);
+                    }
+                }
+            }
+            Err(e) => {
+                self.metrics.add(&metrics::STORE_FAILURES, &[], 1);
+                log::warn(format_args!(
+                    "cannot record the hubs' last event times: {e}"
+                ));
+            }
+        }
+    }
+
+    /// Functions mode: writes the metrics that moved as one log line, at most once a minute
+    /// unless `force`d (after a sweep).
+    pub fn metric_line(&self, now: Timestamp, force: bool) {
+        if !self.metric_lines {
+            return;
+        }
+        {
+            let mut last = self
+                .last_metric_line
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if !force && now.unix_millis() - last.unix_millis() < METRIC_LINE_EVERY_MS {
+                return;
+            }
+            *last = now;
+        }
+        if let Some(line) = self.metrics.delta_line() {
+            log::info(format_args!("connmon_metrics {line}"));
+        }
     }
 
     /// The timer function's queue output binding, if declared (its alerts go in `Outputs`).
@@ -202,7 +354,13 @@ impl Monitor {
     ) -> Result<IngestReport, StoreError> {
         let mut report = IngestReport::default();
         let mut events = Vec::new();
+        let mut hubs: Vec<String> = Vec::new();
         for item in items {
+            if let Decoded::Event(e) = &item {
+                if !hubs.iter().any(|h| h == e.identity.hub()) {
+                    hubs.push(e.identity.hub().to_string());
+                }
+            }
             match item {
                 // Out of scope: acknowledged and not tracked (`CONNMON_INCLUDE` / `EXCLUDE`).
                 Decoded::Event(e) if !self.policy.scope.contains(&e.identity) => {
@@ -233,12 +391,38 @@ impl Monitor {
         Counters::add(&self.counters.ignored, report.ignored);
         Counters::add(&self.counters.out_of_scope, report.out_of_scope);
         Counters::add(&self.counters.rejected, report.rejected.len());
-        if events.is_empty() {
-            return Ok(report);
+        self.metrics.add_all([
+            (&metrics::IGNORED, vec![], report.ignored as u64),
+            (&metrics::OUT_OF_SCOPE, vec![], report.out_of_scope as u64),
+            (&metrics::REJECTED, vec![], report.rejected.len() as u64),
+        ]);
+        let result = self.apply(events, received_at, &mut report).await;
+        if report.outcomes.iter().any(|o| o.changes_state()) {
+            self.counts_cache.lock().await.take();
         }
+        if result.is_ok() {
+            // Only deliveries that were accepted count as signs of life.
+            let due = self.note_hubs(&hubs, received_at);
+            self.touch_hubs(due, received_at).await;
+        }
+        self.metric_line(received_at, false);
+        result.map(|()| report)
+    }
+
+    async fn apply(
+        &self,
+        events: Vec<crate::model::ConnectionEvent>,
+        received_at: Timestamp,
+        report: &mut IngestReport,
+    ) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let types: Vec<&'static str> = events.iter().map(|e| e.kind.type_name()).collect();
         let applied = match self.store.apply(events, received_at).await {
             Ok(a) => a,
             Err(e) => {
+                self.metrics.add(&metrics::STORE_FAILURES, &[], 1);
                 Counters::add(&self.counters.store_failures, 1);
                 log::error(format_args!(
                     "cannot apply events, asking the sender to retry: {e}"
@@ -246,6 +430,15 @@ impl Monitor {
                 return Err(e);
             }
         };
+        self.metrics
+            .add_all(applied.iter().zip(&types).map(|(a, t)| {
+                let labels = vec![t.to_string(), a.outcome.as_str().to_string()];
+                (&metrics::EVENTS, labels, 1)
+            }));
+        self.metrics.add_all(applied.iter().filter_map(|a| {
+            let kind = a.alert.as_ref()?.kind.as_str();
+            Some((&metrics::ALERTS_RAISED, vec![kind.to_string()], 1))
+        }));
         for a in applied {
             match a.outcome {
                 Outcome::Duplicate => Counters::add(&self.counters.duplicates, 1),
@@ -259,18 +452,24 @@ impl Monitor {
             }
             report.outcomes.push(a.outcome);
         }
-        Ok(report)
+        Ok(())
     }
 
     /// One sweep: claims every outage due now, then delivers the outbox. `now` is read after the
     /// previous sweep has finished, so a slow sweep never stamps the next one's alerts early.
     pub async fn sweep(&self) -> Result<SweepReport, StoreError> {
         let _guard = self.sweep_lock.lock().await;
-        let result = self.sweep_locked(Timestamp::now()).await;
+        let started = std::time::Instant::now();
+        let now = Timestamp::now();
+        let result = self.sweep_locked(now).await;
+        self.counts_cache.lock().await.take();
+        self.metrics.sweep_took(started.elapsed());
         if let Err(e) = &result {
+            self.metrics.add(&metrics::STORE_FAILURES, &[], 1);
             Counters::add(&self.counters.store_failures, 1);
             log::error(format_args!("sweep failed, the next one retries: {e}"));
         }
+        self.metric_line(now, true);
         result
     }
 
@@ -288,9 +487,255 @@ impl Monitor {
                 break;
             }
         }
+        // The dead-man's switch, with every hub time this process knows written first.
+        self.touch_hubs(self.unwritten_hubs(), now).await;
+        let quiet = self.hub_quiet_after.map(|quiet_after| QuietCheck {
+            quiet_after,
+            watching_since: self.started_at,
+        });
+        let hub_alerts = self.store.finish_sweep(now, quiet).await?;
+        for a in &hub_alerts {
+            log::alert(&alerts::log_line(a));
+        }
+        Counters::add(&self.counters.alerts_raised, hub_alerts.len());
+        report.claimed.extend(hub_alerts);
+        self.metrics.add_all(report.claimed.iter().map(|a| {
+            (
+                &metrics::ALERTS_RAISED,
+                vec![a.kind.as_str().to_string()],
+                1,
+            )
+        }));
         report.delivery = self.notifier.deliver(self.store.clone(), now).await?;
         Counters::add(&self.counters.alerts_delivered, report.delivery.delivered);
+        self.metrics
+            .add_all(report.delivery.delivered_by.iter().map(|(c, k, n)| {
+                (
+                    &metrics::ALERTS_DELIVERED,
+                    vec![c.clone(), k.clone()],
+                    *n as u64,
+                )
+            }));
+        self.metrics.add_all(
+            report
+                .delivery
+                .failed_channels
+                .iter()
+                .map(|c| (&metrics::DELIVERY_FAILURES, vec![c.clone()], 1)),
+        );
         report.queued_after = self.store.queue_len().await?;
         Ok(report)
     }
+}
+
+/// The status API's reads (issue 9). Every figure comes from the store, so any instance answers
+/// for all of them.
+impl Monitor {
+    /// `GET /api/status`.
+    pub async fn status(&self, now: Timestamp) -> Result<api::StatusView, StoreError> {
+        let counts = self.counts(now).await?;
+        let overview = self.store.overview().await?;
+        let queued = self.store.queue_len().await?;
+        Ok(api::status_view(
+            counts,
+            &overview,
+            queued,
+            &self.policy,
+            self.hub_quiet_after,
+            now,
+        ))
+    }
+
+    /// `GET /api/devices`: up to `limit` identities after `after` matching the filters, looking at
+    /// no more than `scan_budget` identities (the cursor then continues where the scan stopped).
+    pub async fn devices(
+        &self,
+        query: DeviceQuery,
+        now: Timestamp,
+    ) -> Result<api::DevicePage, StoreError> {
+        let mut after = query.after;
+        let mut devices = Vec::new();
+        let mut scanned = 0;
+        let page = query.limit.clamp(1, 1000);
+        let budget = query.scan_budget.max(page);
+        loop {
+            let chunk = page.max(256).min(budget - scanned);
+            let records = self
+                .store
+                .identities(query.hub.clone(), after.clone(), chunk)
+                .await?;
+            let exhausted = records.len() < chunk;
+            let mut looked_at_all = true;
+            for (i, r) in records.iter().enumerate() {
+                scanned += 1;
+                after = Some(r.identity.clone());
+                let s = status::classify(&r.identity, &r.state, now, &self.policy);
+                if query.state.is_none_or(|f| f.matches(&s)) {
+                    devices.push(api::DeviceView::of(r, &s, now));
+                    if devices.len() == page {
+                        looked_at_all = i + 1 == records.len();
+                        break;
+                    }
+                }
+            }
+            if exhausted && looked_at_all {
+                return Ok(api::DevicePage {
+                    devices,
+                    next: None,
+                    scanned,
+                });
+            }
+            if devices.len() == page || scanned >= budget {
+                return Ok(api::DevicePage {
+                    next: after.as_ref().map(api::encode_cursor),
+                    devices,
+                    scanned,
+                });
+            }
+        }
+    }
+
+    /// `GET /api/devices/{deviceId}[/modules/{moduleId}]`.
+    pub async fn device(
+        &self,
+        id: crate::model::Identity,
+        now: Timestamp,
+    ) -> Result<Option<api::DeviceDetail>, StoreError> {
+        Ok(self
+            .store
+            .identity(id)
+            .await?
+            .map(|r| api::device_detail(&r, &self.policy, now)))
+    }
+
+    /// The identity in every hub connmon knows (`GET /api/devices/{id}` without `hub=`).
+    pub async fn find_device(
+        &self,
+        device: &str,
+        module: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Vec<api::DeviceDetail>, StoreError> {
+        let mut found = Vec::new();
+        for hub in self.store.overview().await?.hubs {
+            let id = crate::model::Identity::new(&hub.hub, device, module);
+            if let Some(d) = self.device(id, now).await? {
+                found.push(d);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Everything the dashboard shows: one pass over every identity.
+    pub async fn dashboard(&self, now: Timestamp) -> Result<api::Dashboard, StoreError> {
+        let status = self.status(now).await?;
+        let mut b = api::DashboardBuilder::default();
+        let mut after = None;
+        loop {
+            let records = self
+                .store
+                .identities(None, after.clone(), DASHBOARD_PAGE)
+                .await?;
+            for r in &records {
+                b.add(r, &self.policy, now);
+            }
+            match records.last() {
+                Some(last) if records.len() == DASHBOARD_PAGE => {
+                    after = Some(last.identity.clone())
+                }
+                _ => break,
+            }
+        }
+        Ok(b.finish(status, now))
+    }
+
+    /// `GET /metrics`: the counters, then gauges read from the store.
+    pub async fn prometheus(&self, now: Timestamp) -> Result<String, StoreError> {
+        let counts = self.counts(now).await?;
+        let overview = self.store.overview().await?;
+        let queued = self.store.queue_len().await?;
+        let mut out = String::with_capacity(8192);
+        self.metrics.render(&mut out);
+        metrics::header(
+            &mut out,
+            "connmon_identities",
+            "Identities tracked, by state (flapping and silenced overlap the others).",
+            "gauge",
+        );
+        for (state, n) in [
+            ("tracked", counts.tracked),
+            ("connected", counts.connected),
+            ("pending", counts.pending),
+            ("alerted", counts.alerted),
+            ("flapping", counts.flapping),
+            ("silenced", counts.silenced),
+        ] {
+            metrics::sample(
+                &mut out,
+                "connmon_identities",
+                &format!("state=\"{state}\""),
+                n as f64,
+            );
+        }
+        metrics::header(
+            &mut out,
+            "connmon_outbox_queued",
+            "Alert deliveries waiting in the outbox (all channels).",
+            "gauge",
+        );
+        metrics::sample(&mut out, "connmon_outbox_queued", "", queued as f64);
+        metrics::header(
+            &mut out,
+            "connmon_hub_last_event_timestamp_seconds",
+            "When an event from the hub last arrived (unix seconds).",
+            "gauge",
+        );
+        for h in &overview.hubs {
+            let labels = metrics::labels(&["hub"], std::slice::from_ref(&h.hub));
+            let secs = h.last_event_at.unix_millis() as f64 / 1000.0;
+            metrics::sample(
+                &mut out,
+                "connmon_hub_last_event_timestamp_seconds",
+                &labels,
+                secs,
+            );
+        }
+        metrics::header(
+            &mut out,
+            "connmon_hub_quiet",
+            "1 while a hub_quiet alert is open for the hub (CONNMON_HUB_QUIET_AFTER).",
+            "gauge",
+        );
+        for h in &overview.hubs {
+            let labels = metrics::labels(&["hub"], std::slice::from_ref(&h.hub));
+            let quiet = f64::from(u8::from(h.quiet.is_some()));
+            metrics::sample(&mut out, "connmon_hub_quiet", &labels, quiet);
+        }
+        metrics::header(
+            &mut out,
+            "connmon_last_sweep_timestamp_seconds",
+            "When the last sweep finished, on any instance (unix seconds; 0 before the first).",
+            "gauge",
+        );
+        let last = overview.last_sweep_at.map_or(0, |t| t.unix_millis());
+        metrics::sample(
+            &mut out,
+            "connmon_last_sweep_timestamp_seconds",
+            "",
+            last as f64 / 1000.0,
+        );
+        Ok(out)
+    }
+}
+
+/// Identities read per store call while building the dashboard.
+const DASHBOARD_PAGE: usize = 5_000;
+
+/// `GET /api/devices` parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceQuery {
+    pub hub: Option<String>,
+    pub state: Option<api::StateFilter>,
+    pub after: Option<crate::model::Identity>,
+    pub limit: usize,
+    pub scan_budget: usize,
 }

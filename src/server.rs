@@ -41,22 +41,41 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// for an answer.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Who may read the status API, the dashboard and the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiAccess {
+    /// Anyone who reaches the listener: Functions mode (the host checks function keys before it
+    /// forwards a request), or a standalone loopback listener without `CONNMON_API_KEY`.
+    Open,
+    /// Standalone with `CONNMON_API_KEY`: `Authorization: Bearer <key>` or `?code=<key>`.
+    Key(Secret<String>),
+    /// Standalone on a non-loopback listener without `CONNMON_API_KEY`: the routes answer 403.
+    Off,
+}
+
 /// Builds the router. Tests call it in-process; [`serve`] serves it on a socket. With a `key`
-/// (standalone `CONNMON_WEBHOOK_KEY`) every route but `GET /` wants it.
-pub fn app(monitor: Arc<Monitor>, key: Option<Secret<String>>) -> Router {
+/// (standalone `CONNMON_WEBHOOK_KEY`) the event and timer routes want it; `api` says who may read
+/// the status routes.
+pub fn app(monitor: Arc<Monitor>, key: Option<Secret<String>>, api: ApiAccess) -> Router {
     let mut guarded = Router::new()
         .route("/ConnectionEvent", post(connection_event))
         .route("/DisconnectTimer", post(disconnect_timer))
         .route("/api/events", post(webhook_events).options(webhook_options));
     if let Some(key) = key {
-        let guard = Arc::new(KeyGuard {
-            digest: Sha256::digest(key.expose().as_bytes()).into(),
-            rejected: AtomicU64::new(0),
-            last_note: std::sync::Mutex::new(None),
-        });
+        let guard = Arc::new(KeyGuard::new(&key, "CONNMON_WEBHOOK_KEY"));
         guarded = guarded.route_layer(middleware::from_fn_with_state(guard, require_key));
     }
+    let mut status = crate::status_routes::routes();
+    match api {
+        ApiAccess::Open => {}
+        ApiAccess::Key(key) => {
+            let guard = Arc::new(KeyGuard::new(&key, "CONNMON_API_KEY"));
+            status = status.route_layer(middleware::from_fn_with_state(guard, require_api_key));
+        }
+        ApiAccess::Off => status = status.route_layer(middleware::from_fn(api_off)),
+    }
     guarded
+        .merge(status)
         .route("/", get(health))
         .fallback(not_found)
         .with_state(monitor)
@@ -103,14 +122,25 @@ pub async fn serve(
     Ok(())
 }
 
-/// `CONNMON_WEBHOOK_KEY`, kept only as its digest, and how many requests lacked it.
+/// A key setting (`CONNMON_WEBHOOK_KEY`, `CONNMON_API_KEY`), kept only as its digest, and how
+/// many requests lacked it.
 struct KeyGuard {
     digest: [u8; 32],
+    setting: &'static str,
     rejected: AtomicU64,
     last_note: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl KeyGuard {
+    fn new(key: &Secret<String>, setting: &'static str) -> KeyGuard {
+        KeyGuard {
+            digest: Sha256::digest(key.expose().as_bytes()).into(),
+            setting,
+            rejected: AtomicU64::new(0),
+            last_note: std::sync::Mutex::new(None),
+        }
+    }
+
     /// Compares digests in constant time, so response timing says nothing about the key.
     fn accepts(&self, given: &str) -> bool {
         let d: [u8; 32] = Sha256::digest(given.as_bytes()).into();
@@ -126,8 +156,14 @@ impl KeyGuard {
         let mut last = self.last_note.lock().unwrap_or_else(|p| p.into_inner());
         if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
             *last = Some(std::time::Instant::now());
+            let who = if self.setting == "CONNMON_WEBHOOK_KEY" {
+                "an Event Grid subscription whose endpoint lacks `?code=<key>`, or someone else"
+            } else {
+                "a client without `Authorization: Bearer <key>`, or someone else"
+            };
             crate::log::warn(format_args!(
-                "refused a request without the right CONNMON_WEBHOOK_KEY ({n} so far): an Event Grid subscription whose endpoint lacks `?code=<key>`, or someone else"
+                "refused a request without the right {} ({n} so far): {who}",
+                self.setting
             ));
         }
     }
@@ -138,6 +174,11 @@ fn given_key(req: &Request) -> Option<String> {
     if let Some(v) = req.headers().get("x-functions-key") {
         return v.to_str().ok().map(str::to_string);
     }
+    code_param(req)
+}
+
+/// The `code` query parameter, percent-decoded.
+fn code_param(req: &Request) -> Option<String> {
     req.uri().query()?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
         (k == "code").then(|| {
@@ -156,6 +197,43 @@ async fn require_key(State(guard): State<Arc<KeyGuard>>, req: Request, next: Nex
     (
         StatusCode::UNAUTHORIZED,
         Json(json!({ "error": "missing or wrong key: pass CONNMON_WEBHOOK_KEY as the `code` query parameter or the `x-functions-key` header" })),
+    )
+        .into_response()
+}
+
+/// The API key from `Authorization: Bearer <key>` or the `code` query parameter (a browser).
+fn given_api_key(req: &Request) -> Option<String> {
+    if let Some(v) = req.headers().get(header::AUTHORIZATION) {
+        let v = v.to_str().ok()?;
+        let (scheme, token) = v.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_string());
+    }
+    code_param(req)
+}
+
+async fn require_api_key(State(guard): State<Arc<KeyGuard>>, req: Request, next: Next) -> Response {
+    if given_api_key(&req).is_some_and(|k| guard.accepts(&k)) {
+        return next.run(req).await;
+    }
+    guard.note_rejection();
+    let mut resp = (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({ "error": "missing or wrong key: send CONNMON_API_KEY as `Authorization: Bearer <key>` (or, from a browser, the `code` query parameter)" })),
+    )
+        .into_response();
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"connmon\""),
+    );
+    resp
+}
+
+async fn api_off(_req: Request, _next: Next) -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        Json(json!({ "error": "the status API, dashboard and metrics are off: this listener is not loopback and CONNMON_API_KEY is not set" })),
     )
         .into_response()
 }

@@ -24,6 +24,10 @@ pub enum Mode {
         /// `CONNMON_WEBHOOK_KEY`: when set, every route but `GET /` wants it (`code` query
         /// parameter or `x-functions-key` header).
         key: Option<Secret<String>>,
+        /// `CONNMON_API_KEY`: the status API, dashboard and metrics want it as a bearer token (or
+        /// the `code` query parameter, for a browser). Unset: those routes answer only on a
+        /// loopback listener.
+        api_key: Option<Secret<String>>,
     },
 }
 
@@ -84,6 +88,8 @@ pub struct Settings {
     pub flap_window: Duration,
     /// `CONNMON_REMIND_EVERY`: repeat still-open `disconnected` alerts; `None` = never.
     pub remind_every: Option<Duration>,
+    /// `CONNMON_HUB_QUIET_AFTER`: the dead-man's switch; `None` = off.
+    pub hub_quiet_after: Option<Duration>,
     pub store: StoreKind,
 }
 
@@ -312,6 +318,20 @@ impl Settings {
                 })?,
         };
 
+        let hub_quiet_after = match get("CONNMON_HUB_QUIET_AFTER") {
+            None => None,
+            Some(v) => Some(
+                parse_duration(&v)
+                    .filter(|d| *d >= Duration::from_secs(60) && *d <= Duration::from_secs(7 * 86_400))
+                    .ok_or_else(|| {
+                        bad(
+                            "CONNMON_HUB_QUIET_AFTER",
+                            &v,
+                            &format!("{DURATION_FORMS}, between 1m and 7d (unset: no hub silence alerts)"),
+                        )
+                    })?,
+            ),
+        };
         let remind_every = match get("CONNMON_REMIND_EVERY") {
             None => None,
             Some(v) => Some(
@@ -386,23 +406,11 @@ impl Settings {
                             )
                         })?,
                 };
-                let key = match get("CONNMON_WEBHOOK_KEY") {
-                    None => None,
-                    Some(k) if valid_key(k.trim()) => Some(Secret::new(k.trim().to_string())),
-                    Some(_) => {
-                        return Err(SettingsError {
-                            name: "CONNMON_WEBHOOK_KEY",
-                            value: None,
-                            expected: format!(
-                                "expected {MIN_KEY_LEN} to 256 letters, digits, `-`, `.`, `_` or `~` (for example the output of `openssl rand -hex 32`)"
-                            ),
-                        })
-                    }
-                };
                 Mode::Standalone {
                     listen,
                     sweep_interval,
-                    key,
+                    key: key_setting(&get, "CONNMON_WEBHOOK_KEY")?,
+                    api_key: key_setting(&get, "CONNMON_API_KEY")?,
                 }
             }
         };
@@ -421,12 +429,31 @@ impl Settings {
             flap_threshold,
             flap_window,
             remind_every,
+            hub_quiet_after,
             store,
         })
     }
 }
 
-/// The shortest `CONNMON_WEBHOOK_KEY` accepted: guessing 16 random characters is hopeless.
+/// A key setting (`CONNMON_WEBHOOK_KEY`, `CONNMON_API_KEY`): a secret, never echoed.
+fn key_setting(
+    get: &dyn Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<Option<Secret<String>>, SettingsError> {
+    match get(name) {
+        None => Ok(None),
+        Some(k) if valid_key(k.trim()) => Ok(Some(Secret::new(k.trim().to_string()))),
+        Some(_) => Err(SettingsError {
+            name,
+            value: None,
+            expected: format!(
+                "expected {MIN_KEY_LEN} to 256 letters, digits, `-`, `.`, `_` or `~` (for example the output of `openssl rand -hex 32`)"
+            ),
+        }),
+    }
+}
+
+/// The shortest key (`CONNMON_WEBHOOK_KEY`, `CONNMON_API_KEY`) accepted: guessing 16 random characters is hopeless.
 pub const MIN_KEY_LEN: usize = 16;
 
 /// A webhook key travels in a URL's query string, so only characters that need no escaping there.

@@ -73,6 +73,7 @@ param CONNMON_SILENCES string
 param CONNMON_FLAP_THRESHOLD string
 param CONNMON_FLAP_WINDOW string
 param CONNMON_REMIND_EVERY string
+param CONNMON_HUB_QUIET_AFTER string
 
 var isFlex = plan == 'flex'
 var isPremium = plan == 'premium'
@@ -113,6 +114,7 @@ var connmonSettings = {
   CONNMON_FLAP_THRESHOLD: CONNMON_FLAP_THRESHOLD
   CONNMON_FLAP_WINDOW: CONNMON_FLAP_WINDOW
   CONNMON_REMIND_EVERY: CONNMON_REMIND_EVERY
+  CONNMON_HUB_QUIET_AFTER: CONNMON_HUB_QUIET_AFTER
 }
 
 // Premium and Dedicated: the runtime is chosen by app settings. The custom handler stack's Linux entry

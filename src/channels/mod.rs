@@ -195,6 +195,10 @@ pub struct DeliveryReport {
     pub problems: Vec<String>,
     /// Alert objects for the timer invocation's queue output binding, when one is declared.
     pub outputs: Vec<serde_json::Value>,
+    /// `(channel, kind, alerts)` accepted in this pass (for the metrics).
+    pub delivered_by: Vec<(String, String, usize)>,
+    /// Channels whose delivery failed in this pass, once per failed batch.
+    pub failed_channels: Vec<String>,
 }
 
 struct Slot {
@@ -263,6 +267,8 @@ impl Notifier {
                     report.delivered += r.delivered;
                     report.deferred += r.deferred;
                     report.problems.extend(r.problems);
+                    report.delivered_by.extend(r.delivered_by);
+                    report.failed_channels.extend(r.failed_channels);
                 }
                 Ok(Err(e)) => {
                     first_err.get_or_insert(e);
@@ -305,6 +311,20 @@ async fn drain(
         match ch.send(&bodies).await {
             Ok(()) => {
                 report.delivered += ids.len();
+                for b in &bodies {
+                    match report
+                        .delivered_by
+                        .iter_mut()
+                        .find(|(_, k, _)| *k == b.kind)
+                    {
+                        Some((_, _, n)) => *n += 1,
+                        None => {
+                            report
+                                .delivered_by
+                                .push((ch.name().to_string(), b.kind.clone(), 1))
+                        }
+                    }
+                }
                 store.delivered(ids).await?;
                 if slot
                     .last_problem
@@ -320,6 +340,7 @@ async fn drain(
                 let attempts = batch.iter().map(|q| q.attempts).max().unwrap_or(0) + 1;
                 let wait = failure.backoff(attempts);
                 report.deferred += ids.len();
+                report.failed_channels.push(ch.name().to_string());
                 report
                     .problems
                     .push(format!("{}: {}", ch.name(), failure.message()));

@@ -108,8 +108,31 @@ fn host_json_is_a_custom_handler_with_the_v4_extension_bundle() {
         exe, "bin/connmon",
         "the README's build command installs the binary there"
     );
-    // Event Grid and timer functions use the JSON envelope; forwarding only matters for HTTP triggers.
-    assert_eq!(host["customHandler"]["enableForwardingHttpRequest"], false);
+    // DeviceStatus (an HTTP trigger) gets the request forwarded as it came; Event Grid and timer
+    // functions keep the JSON envelope either way (host-protocol.md).
+    assert_eq!(host["customHandler"]["enableForwardingHttpRequest"], true);
+}
+
+#[test]
+fn device_status_is_one_forwarded_http_trigger_behind_function_keys() {
+    let schema = read("tests/fixtures/schemas/function.json");
+    let f = read("DeviceStatus/function.json");
+    assert_valid(&schema, &schema, &f, "DeviceStatus/function.json");
+    let b = f["bindings"].as_array().unwrap();
+    // Forwarding needs exactly one httpTrigger in and one http out.
+    assert_eq!(b.len(), 2);
+    let (inb, out) = (&b[0], &b[1]);
+    assert_eq!(inb["type"], "httpTrigger");
+    assert_eq!(inb["direction"], "in");
+    assert_eq!(
+        inb["authLevel"], "function",
+        "the host's function keys protect it"
+    );
+    assert_eq!(inb["methods"], serde_json::json!(["get"]));
+    // Under the `api` route prefix: /api/status, /api/devices/..., /api/dashboard.
+    assert_eq!(inb["route"], "{*path}");
+    assert_eq!(out["type"], "http");
+    assert_eq!(out["direction"], "out");
 }
 
 #[test]

@@ -29,6 +29,7 @@ fn defaults_match_the_design() {
             listen: "127.0.0.1:8080".parse().unwrap(),
             sweep_interval: Duration::from_secs(30),
             key: None,
+            api_key: None,
         }
     );
 }

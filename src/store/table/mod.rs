@@ -1032,6 +1032,10 @@ fn chunks<T>(v: Vec<T>, n: usize) -> Vec<Vec<T>> {
     out
 }
 
+fn todo_issue9() -> StoreError {
+    StoreError::Unavailable("the status API is not implemented for Table Storage yet".into())
+}
+
 #[cfg(test)]
 mod rows_tests {
     use super::*;
@@ -1078,8 +1082,4 @@ mod rows_tests {
         rows.put("one more".into(), row());
         assert_eq!(rows.lock().len(), 1, "starts over at the cap");
     }
-}
-
-fn todo_issue9() -> StoreError {
-    StoreError::Unavailable("the status API is not implemented for Table Storage yet".into())
 }
