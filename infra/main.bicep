@@ -159,7 +159,7 @@ param CONNMON_FLAP_WINDOW string = '30m'
 @description('Repeat the alert of a device that stays offline this often (e.g. 4h). Empty: no reminders.')
 param CONNMON_REMIND_EVERY string = ''
 
-@description('Dead-man switch: alert once when no event at all arrives from a hub for this long (e.g. 30m; between 1m and 7d), and once when events return. Empty: off.')
+@description('Dead-man switch: alert once when no event at all arrives from a hub for this long (e.g. 30m; between 10s and 7d), and once when events return. Empty: off.')
 param CONNMON_HUB_QUIET_AFTER string = ''
 
 @description('table = Azure Table Storage, shared by every instance (use it on Azure); sqlite = one embedded file, a single instance only, and it needs a writable CONNMON_SQLITE_PATH (the app folder is read-only when run from the package).')

@@ -322,12 +322,12 @@ impl Settings {
             None => None,
             Some(v) => Some(
                 parse_duration(&v)
-                    .filter(|d| *d >= Duration::from_secs(60) && *d <= Duration::from_secs(7 * 86_400))
+                    .filter(|d| *d >= Duration::from_secs(10) && *d <= Duration::from_secs(7 * 86_400))
                     .ok_or_else(|| {
                         bad(
                             "CONNMON_HUB_QUIET_AFTER",
                             &v,
-                            &format!("{DURATION_FORMS}, between 1m and 7d (unset: no hub silence alerts)"),
+                            &format!("{DURATION_FORMS}, between 10s and 7d (unset: no hub silence alerts)"),
                         )
                     })?,
             ),

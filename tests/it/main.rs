@@ -12,6 +12,7 @@ mod hostile;
 mod layout;
 mod model;
 mod settings;
+mod status_core;
 mod store;
 mod table_client;
 
@@ -24,3 +25,4 @@ mod multi_instance;
 mod replay;
 mod restart;
 mod standalone;
+mod status_api;

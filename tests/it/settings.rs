@@ -262,6 +262,30 @@ fn scope_grace_overrides_and_silences_parse_and_name_bad_items() {
 }
 
 #[test]
+fn hub_quiet_after_and_the_api_key() {
+    assert_eq!(load(&[]).unwrap().hub_quiet_after, None);
+    let s = load(&[("CONNMON_HUB_QUIET_AFTER", "30m")]).unwrap();
+    assert_eq!(s.hub_quiet_after, Some(Duration::from_secs(1800)));
+    let key = "0123456789abcdef0123";
+    let s = load(&[("CONNMON_API_KEY", key)]).unwrap();
+    match s.mode {
+        Mode::Standalone {
+            api_key,
+            key: webhook,
+            ..
+        } => {
+            assert_eq!(api_key.map(|k| k.expose().clone()).as_deref(), Some(key));
+            assert!(webhook.is_none(), "the API key is not the webhook key");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A secret: refused without being echoed.
+    let e = load(&[("CONNMON_API_KEY", "short")]).unwrap_err();
+    assert_eq!(e.name, "CONNMON_API_KEY");
+    assert!(e.value.is_none() && !e.to_string().contains("short"), "{e}");
+}
+
+#[test]
 fn flapping_and_reminder_settings() {
     let s = load(&[
         ("CONNMON_FLAP_THRESHOLD", "3"),
@@ -288,6 +312,9 @@ fn flapping_and_reminder_settings() {
         ("CONNMON_FLAP_THRESHOLD", "many"),
         ("CONNMON_FLAP_WINDOW", "10s"),
         ("CONNMON_REMIND_EVERY", "5s"),
+        ("CONNMON_HUB_QUIET_AFTER", "5s"),
+        ("CONNMON_HUB_QUIET_AFTER", "8d"),
+        ("CONNMON_HUB_QUIET_AFTER", "soon"),
     ] {
         assert_eq!(
             load(&[(name, value)]).unwrap_err().name,

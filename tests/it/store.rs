@@ -115,3 +115,46 @@ async fn a_file_with_another_data_layout_is_refused_with_a_clear_message() {
         .unwrap();
     assert_eq!(v, connmon::store::sqlite::SCHEMA_VERSION);
 }
+
+#[tokio::test]
+async fn a_layout_1_file_is_upgraded_in_place_keeping_its_identities() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    {
+        let store = open(&path);
+        store
+            .apply(vec![ev("old", 1, false, 0)], at(0))
+            .await
+            .unwrap();
+    }
+    // What layout 1 looked like: no history column, no hubs or meta tables.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE identities DROP COLUMN history; DROP TABLE hubs; DROP TABLE meta;
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    drop(conn);
+    let store = open(&path);
+    let old = Identity::new("hub", "old", None);
+    let rec = store.identity(old.clone()).await.unwrap().expect("kept");
+    assert!(rec.state.outage.is_some(), "its open outage survived");
+    assert!(rec.history.0.is_empty(), "no history before the upgrade");
+    store
+        .apply(vec![ev("old", 2, true, 60)], at(60))
+        .await
+        .unwrap();
+    let rec = store.identity(old).await.unwrap().unwrap();
+    assert_eq!(rec.history.0.len(), 1, "{:?}", rec.history);
+    store
+        .touch_hubs(vec![("hub".into(), at(60))])
+        .await
+        .unwrap();
+    assert_eq!(store.overview().await.unwrap().hubs.len(), 1);
+    let v: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, connmon::store::sqlite::SCHEMA_VERSION);
+}

@@ -121,6 +121,8 @@ pub const SETTINGS: &[&str] = &[
     "CONNMON_TABLE_CONNECTION",
     "CONNMON_TABLE_NAME",
     "CONNMON_WEBHOOK_KEY",
+    "CONNMON_API_KEY",
+    "CONNMON_HUB_QUIET_AFTER",
     "AzureWebJobsStorage",
     "AzureWebJobsStorage__accountName",
     "AzureWebJobsStorage__tableServiceUri",
@@ -256,8 +258,9 @@ impl Connmon {
                 Mode::Functions => cmd.env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string()),
                 Mode::Standalone => cmd.env("CONNMON_LISTEN", format!("127.0.0.1:{port}")),
             };
+            // `{port}` in a setting stands for the port picked here (e.g. `0.0.0.0:{port}`).
             for (k, v) in &self.env {
-                cmd.env(k, v);
+                cmd.env(k, v.replace("{port}", &port.to_string()));
             }
             self.child = Some(cmd.spawn().expect("spawn connmon"));
             self.port = port;
