@@ -15,8 +15,13 @@
 //! - [`alerts`]: the alert wire body and the log line.
 //! - [`channels`]: the `Channel` trait, each channel, and the `Notifier` draining the outbox.
 //! - [`scope`]: glob patterns, include/exclude scope, per-pattern grace periods, silences.
-//! - [`monitor`]: the service tying decode → store → alerts together; counters; sweeps.
-//! - [`server`]: the axum router and its status codes.
+//! - [`monitor`]: the service tying decode → store → alerts together; counters; sweeps; the status
+//!   reads.
+//! - [`status`]: what operators see, pure — classification, per-identity history, the dead-man's
+//!   switch (`check_hub`).
+//! - [`api`]: the status API's views and cursors; [`dashboard`]: the status page;
+//!   [`metrics`]: counters in the Prometheus text format and as Functions-mode log lines.
+//! - [`server`]: the axum router and its status codes; [`status_routes`]: the read-only routes.
 //! - [`settings`]: environment → validated `Settings`.
 //! - [`log`]: log lines (stdout for information, stderr for problems and alerts).
 //! - [`replay`]: `connmon replay` — history through the production machine on a virtual clock, the
