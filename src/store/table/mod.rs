@@ -8,7 +8,7 @@
 //!
 //! | row key | entity | present while |
 //! |---|---|---|
-//! | `i\|{hub}\|{device}\|{module}` | the identity's state (`IdentityState`) | the identity is known |
+//! | `i\|{hub}\|{device}\|{module}` | the identity's state (`IdentityState`) and `history` | the identity is known |
 //! | `d\|{due time, 15 digits}\|{hub}\|{device}\|{module}` | the sweep index | an outage waits for its grace (or silence) |
 //! | `o\|{raised at, 15 digits}\|{dedupKey}\|{kind}` | a queued alert (the outbox) | until delivered |
 //!
@@ -35,7 +35,8 @@ use super::{
 use crate::alerts::AlertBody;
 use crate::machine::{self, Alert, Claim, Flapping, IdentityState, Outage, Policy};
 use crate::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
-use client::{odata_string, BatchOp, Entity, TableClient, TableError};
+use crate::status::{self, History};
+use client::{odata_string, BatchOp, Continuation, Entity, TableClient, TableError, MAX_PAGE};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tokio::task::JoinSet;
@@ -83,11 +84,15 @@ struct Rows {
     tries: std::sync::atomic::AtomicU64,
 }
 
-#[derive(Clone)]
+/// An identity entity as read or written: what an event is decided on. The default is an absent
+/// entity (no ETag: the write inserts).
+#[derive(Clone, Default)]
 struct Remembered {
     state: IdentityState,
-    etag: String,
+    etag: Option<String>,
     index_at: Option<Timestamp>,
+    /// The `history` property: a replace rewrites every property, so it travels with the state.
+    history: History,
 }
 
 /// Identities remembered at most (a few hundred bytes each).
@@ -171,6 +176,16 @@ impl Client {
         limit: Option<usize>,
     ) -> Result<Vec<Entity>, TableError> {
         self.again(|| self.0.query(filter, select, limit)).await
+    }
+
+    async fn query_page(
+        &self,
+        filter: &str,
+        select: Option<&[&str]>,
+        from: Option<&Continuation>,
+    ) -> Result<(Vec<Entity>, Option<Continuation>), TableError> {
+        self.again(|| self.0.query_page(filter, select, Some(MAX_PAGE), from))
+            .await
     }
 
     async fn replace(&self, e: &Entity, etag: &str) -> Result<String, TableError> {
@@ -284,6 +299,15 @@ fn outbox_key(alert: &Alert, queued_at: Timestamp, channel: &str) -> String {
     )
 }
 
+/// The row keys starting with `prefix`, as a `[from, to)` range: `to` is `prefix` with its last
+/// character (always `|`) replaced by the next one, `}`.
+fn prefix_range(prefix: &str) -> (String, String) {
+    let mut upper = prefix.to_string();
+    upper.pop();
+    upper.push('}');
+    (prefix.to_string(), upper)
+}
+
 /// Row-key range `[from, to)` as an OData filter inside one partition.
 fn range_filter(pk: &str, from: &str, to: &str) -> String {
     format!(
@@ -301,10 +325,16 @@ fn seq_hex(s: Option<SequenceNumber>) -> Option<String> {
     s.map(|s| s.to_hex())
 }
 
-/// The identity entity for `st`. `indexAt` records the time its index entity (`d|…`) was written
-/// under, so a later writer deletes exactly that one even if the settings that decide the time
-/// (grace, flap window) changed since.
-fn identity_entity(pk: &str, id: &Identity, st: &IdentityState, policy: &Policy) -> Entity {
+/// The identity entity for `st` and `history`. `indexAt` records the time its index entity (`d|…`)
+/// was written under, so a later writer deletes exactly that one even if the settings that decide
+/// the time (grace, flap window) changed since.
+fn identity_entity(
+    pk: &str,
+    id: &Identity,
+    st: &IdentityState,
+    history: &History,
+    policy: &Policy,
+) -> Entity {
     let mut e = Entity::new(pk, &identity_key(id));
     e.set_str("hub", id.hub());
     e.set_str("device", id.device());
@@ -342,8 +372,48 @@ fn identity_entity(pk: &str, id: &Identity, st: &IdentityState, policy: &Policy)
     if let Some(t) = st.due_at(policy) {
         e.set_i64("indexAt", t.unix_millis());
     }
+    if let Some(h) = history.encode() {
+        e.set_str("history", &h);
+    }
     e
 }
+
+/// The identity an identity entity is of (its `hub`, `device` and `module` properties).
+fn identity_of(e: &Entity) -> Identity {
+    Identity::new(
+        e.get_str("hub").unwrap_or(""),
+        e.get_str("device").unwrap_or(""),
+        e.get_str("module"),
+    )
+}
+
+fn history_of(e: &Entity) -> History {
+    History::decode(e.get_str("history"))
+}
+
+fn record_of(e: &Entity) -> IdentityRecord {
+    IdentityRecord {
+        identity: identity_of(e),
+        state: state_of(e),
+        history: history_of(e),
+    }
+}
+
+/// What `counts` reads of each identity entity: what `status::classify` looks at.
+const CLASSIFY_PROPS: &[&str] = &[
+    "hub",
+    "device",
+    "module",
+    "lastSeq",
+    "connected",
+    "outageStart",
+    "outageSeq",
+    "alertedAt",
+    "dueAt",
+    "deletedAt",
+    "flappingSince",
+    "flappingSeq",
+];
 
 /// The index time the stored entity was written with (see [`identity_entity`]).
 fn index_at(e: &Entity) -> Option<Timestamp> {
@@ -450,19 +520,20 @@ enum Claimed {
 }
 
 impl Inner {
-    async fn load(
-        &self,
-        pk: &str,
-        id: &Identity,
-    ) -> Result<(IdentityState, Option<String>, Option<Timestamp>), StoreError> {
+    async fn load(&self, pk: &str, id: &Identity) -> Result<Remembered, StoreError> {
         match self
             .client
             .get(pk, &identity_key(id))
             .await
             .map_err(table_err)?
         {
-            Some(e) => Ok((state_of(&e), e.etag.clone(), index_at(&e))),
-            None => Ok((IdentityState::default(), None, None)),
+            Some(e) => Ok(Remembered {
+                state: state_of(&e),
+                etag: e.etag.clone(),
+                index_at: index_at(&e),
+                history: history_of(&e),
+            }),
+            None => Ok(Remembered::default()),
         }
     }
 
@@ -506,18 +577,18 @@ impl Inner {
         let mut remembered = self.rows.get(&row_key);
         for _ in 0..MAX_CONFLICT_RETRIES {
             let from_memory = remembered.is_some();
-            let (stored, etag, old_due) = match remembered.take() {
-                Some(r) => (r.state, Some(r.etag), r.index_at),
+            let row = match remembered.take() {
+                Some(r) => r,
                 None => self.load(&pk, id).await?,
             };
             let device_deleted_at = match (id.module(), ev.kind) {
                 (Some(_), EventKind::Connected(_) | EventKind::Disconnected(_)) => {
                     let device = Identity::new(id.hub(), id.device(), None);
-                    self.load(&pk, &device).await?.0.deleted_at
+                    self.load(&pk, &device).await?.state.deleted_at
                 }
                 _ => None,
             };
-            let state = machine::with_device_deletion(&stored, device_deleted_at);
+            let state = machine::with_device_deletion(&row.state, device_deleted_at);
             let t = machine::apply(&state, ev, received_at, &self.cfg.policy);
             if !t.outcome.changes_state() && t.alert.is_none() {
                 if from_memory {
@@ -530,9 +601,11 @@ impl Inner {
                     alert: None,
                 });
             }
+            let mut history = row.history;
+            history.extend(status::changes_of(&state, &t));
             let mut ops = Vec::with_capacity(4);
-            let entity = identity_entity(&pk, id, &t.state, &self.cfg.policy);
-            ops.push(match &etag {
+            let entity = identity_entity(&pk, id, &t.state, &history, &self.cfg.policy);
+            ops.push(match &row.etag {
                 Some(tag) => BatchOp::Replace {
                     entity,
                     etag: tag.clone(),
@@ -540,8 +613,8 @@ impl Inner {
                 None => BatchOp::Insert(entity),
             });
             let new_due = t.state.due_at(&self.cfg.policy);
-            if old_due != new_due {
-                if let Some(start) = old_due {
+            if row.index_at != new_due {
+                if let Some(start) = row.index_at {
                     ops.push(BatchOp::Delete {
                         row_key: due_key(start, id),
                         etag: "*".into(),
@@ -577,8 +650,9 @@ impl Inner {
                             row_key,
                             Remembered {
                                 state: t.state,
-                                etag,
+                                etag: Some(etag),
                                 index_at: new_due,
+                                history,
                             },
                         ),
                         None => self.rows.forget(&row_key),
@@ -614,14 +688,15 @@ impl Inner {
     ) -> Result<Applied, StoreError> {
         let id = &ev.identity;
         let pk = shard_of(id.hub(), id.device());
-        let prefix = format!("i|{}|{}|", key_part(id.hub()), key_part(id.device()));
-        let mut upper = prefix.clone();
-        upper.pop();
-        upper.push('}');
+        let (from, to) = prefix_range(&format!(
+            "i|{}|{}|",
+            key_part(id.hub()),
+            key_part(id.device())
+        ));
         let rows = self
             .client
             .query(
-                &range_filter(&pk, &prefix, &upper),
+                &range_filter(&pk, &from, &to),
                 Some(&["hub", "device", "module"]),
                 None,
             )
@@ -741,11 +816,7 @@ impl Inner {
             let Some(e) = self.client.get(pk, id_key).await.map_err(table_err)? else {
                 return Ok(None);
             };
-            let id = Identity::new(
-                e.get_str("hub").unwrap_or(""),
-                e.get_str("device").unwrap_or(""),
-                e.get_str("module"),
-            );
+            let id = identity_of(&e);
             let state = state_of(&e);
             let (next, alert) = match machine::claim_due(&id, &state, now, &self.cfg.policy) {
                 Claim::Alert(next, alert) => (next, Some(alert)),
@@ -759,8 +830,11 @@ impl Inner {
                     return Ok(None);
                 }
             };
+            // The alert joins the history; a snooze changes nothing there.
+            let mut history = history_of(&e);
+            history.extend(alert.as_ref().map(status::alert_change));
             let mut ops = vec![BatchOp::Replace {
-                entity: identity_entity(pk, &id, &next, &self.cfg.policy),
+                entity: identity_entity(pk, &id, &next, &history, &self.cfg.policy),
                 etag: e.etag.clone().unwrap_or_else(|| "*".into()),
             }];
             // Move the index entry to the state's next due time (a reminder, the end of a flapping
@@ -849,6 +923,52 @@ impl Inner {
             }
         }
         Ok(out)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What operators see (issue 9): reads of identities
+
+impl Inner {
+    /// Up to `limit` identity entities of partition `pk` in `[from, to)` after `after` (a row
+    /// key), in row-key order.
+    async fn identity_range(
+        &self,
+        pk: &str,
+        (from, to): (&str, &str),
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Entity>, StoreError> {
+        let mut filter = range_filter(pk, from, to);
+        if let Some(after) = after {
+            filter.push_str(&format!(" and RowKey gt {}", odata_string(after)));
+        }
+        self.client
+            .query(&filter, None, Some(limit))
+            .await
+            .map_err(table_err)
+    }
+
+    /// The counts of one partition, read a page at a time (only what classification needs).
+    async fn count_shard(&self, pk: &str, now: Timestamp) -> Result<Counts, StoreError> {
+        let filter = range_filter(pk, "i|", "i}");
+        let mut counts = Counts::default();
+        let mut next = None;
+        loop {
+            let (page, more) = self
+                .client
+                .query_page(&filter, Some(CLASSIFY_PROPS), next.as_ref())
+                .await
+                .map_err(table_err)?;
+            for e in &page {
+                let s = status::classify(&identity_of(e), &state_of(e), now, &self.cfg.policy);
+                counts.add(&s);
+            }
+            match more {
+                Some(c) => next = Some(c),
+                None => return Ok(counts),
+            }
+        }
     }
 }
 
@@ -974,24 +1094,60 @@ impl Store for TableStore {
         })
     }
 
-    // TODO(issue 9): the Table Storage side of the status API and the dead-man's switch.
-    fn identity(&self, _id: Identity) -> BoxFuture<'_, Result<Option<IdentityRecord>, StoreError>> {
-        Box::pin(async { Err(todo_issue9()) })
+    fn identity(&self, id: Identity) -> BoxFuture<'_, Result<Option<IdentityRecord>, StoreError>> {
+        Box::pin(async move {
+            let pk = shard_of(id.hub(), id.device());
+            let e = self
+                .inner
+                .client
+                .get(&pk, &identity_key(&id))
+                .await
+                .map_err(table_err)?;
+            Ok(e.as_ref().map(record_of))
+        })
     }
 
     fn identities(
         &self,
-        _hub: Option<String>,
-        _after: Option<Identity>,
-        _limit: usize,
+        hub: Option<String>,
+        after: Option<Identity>,
+        limit: usize,
     ) -> BoxFuture<'_, Result<Vec<IdentityRecord>, StoreError>> {
-        Box::pin(async { Err(todo_issue9()) })
+        Box::pin(async move {
+            // Row-key order (the escaped ids), merged over the partitions: each gives its first
+            // `limit` after the cursor, the smallest `limit` of them all are the page.
+            let (from, to) = match &hub {
+                Some(h) => prefix_range(&format!("i|{}|", key_part(h))),
+                None => prefix_range("i|"),
+            };
+            let after = after.as_ref().map(identity_key);
+            let mut all = per_shard(&self.inner, |me, pk| {
+                let (from, to, after) = (from.clone(), to.clone(), after.clone());
+                async move {
+                    me.identity_range(&pk, (&from, &to), after.as_deref(), limit)
+                        .await
+                }
+            })
+            .await?;
+            all.sort_by(|a, b| a.row_key.cmp(&b.row_key));
+            all.truncate(limit);
+            Ok(all.iter().map(record_of).collect())
+        })
     }
 
-    fn counts(&self, _now: Timestamp) -> BoxFuture<'_, Result<Counts, StoreError>> {
-        Box::pin(async { Err(todo_issue9()) })
+    fn counts(&self, now: Timestamp) -> BoxFuture<'_, Result<Counts, StoreError>> {
+        Box::pin(async move {
+            let per = per_shard(&self.inner, move |me, pk| async move {
+                me.count_shard(&pk, now).await.map(|c| vec![c])
+            })
+            .await?;
+            let mut total = Counts::default();
+            per.iter().for_each(|c| total += *c);
+            Ok(total)
+        })
     }
 
+    // TODO(issue 9): the hub side of the status API and the dead-man's switch.
     fn touch_hubs(&self, _seen: Vec<(String, Timestamp)>) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async { Ok(()) })
     }
@@ -1007,6 +1163,12 @@ impl Store for TableStore {
     ) -> BoxFuture<'_, Result<Vec<Alert>, StoreError>> {
         Box::pin(async { Ok(Vec::new()) })
     }
+}
+
+fn todo_issue9() -> StoreError {
+    StoreError::Unavailable(
+        "hubs and the last sweep are not implemented for Table Storage yet".into(),
+    )
 }
 
 fn is_not_found(e: &TableError) -> bool {
@@ -1038,9 +1200,8 @@ mod rows_tests {
 
     fn row() -> Remembered {
         Remembered {
-            state: IdentityState::default(),
-            etag: "W/\"1\"".into(),
-            index_at: None,
+            etag: Some("W/\"1\"".into()),
+            ..Remembered::default()
         }
     }
 
@@ -1078,8 +1239,4 @@ mod rows_tests {
         rows.put("one more".into(), row());
         assert_eq!(rows.lock().len(), 1, "starts over at the cap");
     }
-}
-
-fn todo_issue9() -> StoreError {
-    StoreError::Unavailable("the status API is not implemented for Table Storage yet".into())
 }
