@@ -4,11 +4,11 @@
 
 use connmon::machine::{AlertKind, Outcome, Policy};
 use connmon::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
-use connmon::status::{self, HISTORY_LEN};
+use connmon::status::{self, HubState, HISTORY_LEN};
 use connmon::store::sqlite::SqliteStore;
 use connmon::store::table::client::TableClient;
 use connmon::store::table::TableStore;
-use connmon::store::{Counts, Store, StoreConfig};
+use connmon::store::{Counts, QuietCheck, Store, StoreConfig};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -858,6 +858,141 @@ async fn counts_equal_the_classification_of_every_identity(b: Backend) {
     assert_eq!(s.counts(at(10_000)).await.unwrap().silenced, 0);
 }
 
+fn hub_times(hubs: &[HubState]) -> Vec<(String, i64)> {
+    hubs.iter()
+        .map(|h| {
+            (
+                h.hub.clone(),
+                (h.last_event_at.unix_millis() - NOW_MS) / 1000,
+            )
+        })
+        .collect()
+}
+
+async fn hub_times_and_the_last_sweep_only_move_forward(b: Backend) {
+    let (s1, s2) = (b.open().await, b.open().await);
+    let o = s1.overview().await.unwrap();
+    assert!(o.hubs.is_empty() && o.last_sweep_at.is_none());
+    s1.touch_hubs(vec![
+        ("hub-b".into(), at(5)),
+        ("hub-a".into(), at(10)),
+        ("hub-a".into(), at(3)),
+    ])
+    .await
+    .unwrap();
+    s1.touch_hubs(vec![("hub-a".into(), at(7))]).await.unwrap();
+    assert_eq!(
+        hub_times(&s1.overview().await.unwrap().hubs),
+        [("hub-a".into(), 10), ("hub-b".into(), 5)]
+    );
+    // Another instance moves it on; the first, remembering 10, cannot move it back.
+    s2.touch_hubs(vec![("hub-a".into(), at(20))]).await.unwrap();
+    s1.touch_hubs(vec![("hub-a".into(), at(15))]).await.unwrap();
+    s1.touch_hubs(vec![("hub-b".into(), at(30))]).await.unwrap();
+    // Concurrent touches: the latest wins.
+    let touches: Vec<_> = (0..8)
+        .map(|i| {
+            let s = if i % 2 == 0 { s1.clone() } else { s2.clone() };
+            tokio::spawn(async move { s.touch_hubs(vec![("hub-c".into(), at(40 + i))]).await })
+        })
+        .collect();
+    for t in touches {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(s1.finish_sweep(at(100), None).await.unwrap(), []);
+    assert_eq!(s2.finish_sweep(at(50), None).await.unwrap(), []);
+    for s in [&s1, &s2, &b.open().await] {
+        let o = s.overview().await.unwrap();
+        assert_eq!(
+            hub_times(&o.hubs),
+            [
+                ("hub-a".into(), 20),
+                ("hub-b".into(), 30),
+                ("hub-c".into(), 47)
+            ]
+        );
+        assert!(o.hubs.iter().all(|h| h.quiet.is_none()));
+        assert_eq!(o.last_sweep_at, Some(at(100)));
+    }
+}
+
+/// `instances` instances of one store end a sweep at once, at `t`, `t + 1`, … (so their alerts
+/// would not even share outbox keys): every alert they raised.
+async fn sweep_at_once(
+    instances: &[Arc<dyn Store>],
+    t: i64,
+    check: Option<QuietCheck>,
+) -> Vec<connmon::machine::Alert> {
+    let tasks: Vec<_> = instances
+        .iter()
+        .zip(t..)
+        .map(|(s, t)| {
+            let s = s.clone();
+            tokio::spawn(async move { s.finish_sweep(at(t), check).await.unwrap() })
+        })
+        .collect();
+    let mut raised = Vec::new();
+    for task in tasks {
+        raised.extend(task.await.unwrap());
+    }
+    raised
+}
+
+async fn a_quiet_hub_alerts_once_and_once_more_when_it_resumes(b: Backend) {
+    let mut instances = Vec::new();
+    for _ in 0..4 {
+        instances.push(b.open().await);
+    }
+    let (s1, s2) = (instances[0].clone(), instances[1].clone());
+    let check = Some(QuietCheck {
+        quiet_after: Duration::from_secs(600),
+        watching_since: at(0),
+    });
+    s1.touch_hubs(vec![("hub".into(), at(0)), ("busy".into(), at(0))])
+        .await
+        .unwrap();
+    assert!(sweep_at_once(&instances, 596, check).await.is_empty());
+    s2.touch_hubs(vec![("busy".into(), at(500))]).await.unwrap();
+    // Every instance ends a sweep at once: one of them raises the alert.
+    let raised = sweep_at_once(&instances, 600, check).await;
+    assert_eq!(raised.len(), 1, "{raised:?}");
+    assert_eq!(raised[0].kind, AlertKind::HubQuiet);
+    assert_eq!(raised[0].identity.hub(), "hub");
+    assert_eq!(raised[0].disconnected_at, at(0));
+    assert!(sweep_at_once(&instances, 900, check).await.is_empty());
+    assert_eq!(s1.queue_len().await.unwrap(), 2, "queued once per channel");
+    let quiet = s2.overview().await.unwrap().hubs[1].clone();
+    assert_eq!(quiet.hub, "hub");
+    assert_eq!(quiet.quiet.map(|q| q.since), Some(at(0)));
+    // Events again (after a restart): one `hub_resumed`, however many instances sweep.
+    drop(instances);
+    let mut instances = Vec::new();
+    for _ in 0..4 {
+        instances.push(b.open().await);
+    }
+    let (s1, s2) = (instances[0].clone(), instances[1].clone());
+    s1.touch_hubs(vec![("hub".into(), at(1000)), ("busy".into(), at(1000))])
+        .await
+        .unwrap();
+    let raised = sweep_at_once(&instances, 1100, check).await;
+    assert_eq!(raised.len(), 1, "{raised:?}");
+    assert_eq!(raised[0].kind, AlertKind::HubResumed);
+    assert_eq!(raised[0].downtime_seconds, 1000);
+    assert!(sweep_at_once(&instances, 1200, check).await.is_empty());
+    let hubs = s2.overview().await.unwrap().hubs;
+    assert!(hubs.iter().all(|h| h.quiet.is_none()), "{hubs:?}");
+    // Delivered through the outbox like every other alert, in order, each once.
+    let q = queued(&*s2, 1300).await;
+    assert_eq!(kinds(&q), ["hub_quiet", "hub_resumed"]);
+    assert_eq!(q[0]["dedupKey"], q[1]["dedupKey"]);
+    assert_eq!(q[0]["hub"], "hub");
+    assert_eq!(s1.queue_len().await.unwrap(), 4);
+    // Quiet again later: new alerts, with new keys.
+    let again = sweep_at_once(&instances, 1600, check).await;
+    assert_eq!(again.len(), 2, "busy and hub are both quiet now: {again:?}");
+    assert!(again.iter().all(|a| a.dedup_key != q[0]["dedupKey"]));
+}
+
 // ---------------------------------------------------------------------------------------------
 // One test per (check, store)
 
@@ -894,4 +1029,6 @@ conformance!(
     a_snoozed_claim_keeps_the_history,
     identities_page_through_every_identity_once_and_filter_by_hub,
     counts_equal_the_classification_of_every_identity,
+    hub_times_and_the_last_sweep_only_move_forward,
+    a_quiet_hub_alerts_once_and_once_more_when_it_resumes,
 );
