@@ -111,6 +111,18 @@ impl Counts {
     }
 }
 
+impl std::ops::AddAssign for Counts {
+    /// Sums counts of disjoint sets of identities (a sharded store counts each shard).
+    fn add_assign(&mut self, o: Counts) {
+        self.tracked += o.tracked;
+        self.connected += o.connected;
+        self.pending += o.pending;
+        self.alerted += o.alerted;
+        self.flapping += o.flapping;
+        self.silenced += o.silenced;
+    }
+}
+
 /// What the store knows beyond identities: every hub heard from, and the last sweep.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Overview {

@@ -4,10 +4,12 @@
 
 use connmon::machine::{AlertKind, Outcome, Policy};
 use connmon::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
+use connmon::status::{self, HubState, HISTORY_LEN};
 use connmon::store::sqlite::SqliteStore;
 use connmon::store::table::client::TableClient;
 use connmon::store::table::TableStore;
-use connmon::store::{Store, StoreConfig};
+use connmon::store::{Counts, QuietCheck, Store, StoreConfig};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +47,16 @@ fn con(i: &Identity, n: u64, t: i64) -> ConnectionEvent {
 
 fn del(i: &Identity, t: i64) -> ConnectionEvent {
     event(i, EventKind::Deleted, t)
+}
+
+/// The default policy with the ids matching `pattern` silenced until `until`.
+fn silenced(pattern: &str, until: i64) -> Policy {
+    let mut policy = Policy::new(GRACE);
+    policy.silences = vec![connmon::scope::Silence {
+        pattern: connmon::scope::Pattern::new(pattern).unwrap(),
+        until: at(until),
+    }];
+    policy
 }
 
 /// Where a store's data lives; `open` may be called again for a restart or a second instance.
@@ -460,11 +472,7 @@ async fn an_alert_handed_out_and_not_confirmed_holds_back_what_queued_behind_it(
 }
 
 async fn silenced_outages_wait_in_the_index_and_alert_when_the_silence_ends(b: Backend) {
-    let mut policy = Policy::new(GRACE);
-    policy.silences = vec![connmon::scope::Silence {
-        pattern: connmon::scope::Pattern::new("site7-*").unwrap(),
-        until: at(1000),
-    }];
+    let policy = silenced("site7-*", 1000);
     let s = b.open_with(policy).await;
     // 60 silenced outages ahead of one that is not: the sweep must reach it in one pass even with
     // a claim limit smaller than the silenced crowd.
@@ -650,6 +658,342 @@ async fn two_instances_taking_turns_decide_like_one(b: Backend) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// What operators see (issue 9)
+
+/// An identity's history as `kind@t+seconds` (times relative to NOW_MS).
+async fn history(store: &dyn Store, i: &Identity) -> Vec<String> {
+    let r = store.identity(i.clone()).await.unwrap().expect("known");
+    r.history
+        .0
+        .iter()
+        .map(|c| {
+            let t = (c.at.unix_millis() - NOW_MS) / 1000;
+            match c.seconds {
+                Some(s) => format!("{}@{t}+{s}", c.kind.name()),
+                None => format!("{}@{t}", c.kind.name()),
+            }
+        })
+        .collect()
+}
+
+async fn history_records_changes_and_alerts_bounded_and_kept_across_a_restart(b: Backend) {
+    let d = id("d1");
+    let m = Identity::new("hub", "d1", Some("m1"));
+    {
+        let s = b.open().await;
+        assert_eq!(s.identity(d.clone()).await.unwrap(), None, "never heard of");
+        // Each event in its own delivery: the Table store then decides the second on the row it
+        // remembers writing, which must carry the history too.
+        outcomes(&*s, vec![dis(&d, 1, 0)], 1).await;
+        outcomes(&*s, vec![dis(&d, 1, 0)], 2).await; // a duplicate adds nothing
+        assert_eq!(claim_all(&*s, 300).await, ["disconnected d1 from=0"]);
+        outcomes(&*s, vec![con(&d, 2, 400)], 401).await;
+        outcomes(&*s, vec![dis(&m, 3, 410), con(&m, 4, 420)], 421).await;
+    }
+    let s = b.open().await;
+    assert_eq!(
+        history(&*s, &d).await,
+        [
+            "disconnected@0",
+            "alert:disconnected@300+300",
+            "connected@400+400",
+            "alert:reconnected@401+400"
+        ]
+    );
+    assert_eq!(
+        history(&*s, &m).await,
+        ["disconnected@410", "connected@420+10"]
+    );
+    // Bounded: the oldest entries go first. (Token renewals further apart than the flap window.)
+    let renewals: Vec<_> = (0..HISTORY_LEN as u64)
+        .flat_map(|i| {
+            let t = 1000 + 2000 * i as i64;
+            [dis(&d, 10 + 2 * i, t), con(&d, 11 + 2 * i, t + 1)]
+        })
+        .collect();
+    s.apply(renewals, at(40_000)).await.unwrap();
+    let h = history(&*s, &d).await;
+    assert_eq!(h.len(), HISTORY_LEN);
+    assert_eq!(h.last().unwrap(), "connected@31001+1");
+    assert_eq!(h[0], "disconnected@17000");
+    // A deletion is recorded on the device and on its modules (the tombstones stay readable).
+    outcomes(&*s, vec![del(&d, 50_000)], 50_001).await;
+    assert_eq!(history(&*s, &d).await.last().unwrap(), "deleted@50000");
+    assert_eq!(
+        history(&*s, &m).await,
+        ["disconnected@410", "connected@420+10", "deleted@50000"]
+    );
+    let tomb = s.identity(m.clone()).await.unwrap().unwrap();
+    assert_eq!(tomb.identity, m);
+    assert_eq!(tomb.state.deleted_at, Some(at(50_000)));
+}
+
+async fn a_snoozed_claim_keeps_the_history(b: Backend) {
+    let policy = silenced("muted", 1000);
+    let s = b.open_with(policy).await;
+    let d = id("muted");
+    outcomes(&*s, vec![dis(&d, 1, 0)], 1).await;
+    assert!(claim_all(&*s, 300).await.is_empty(), "snoozed");
+    assert_eq!(history(&*s, &d).await, ["disconnected@0"]);
+    assert_eq!(claim_all(&*s, 1000).await, ["disconnected muted from=0"]);
+    assert_eq!(
+        history(&*s, &d).await,
+        ["disconnected@0", "alert:disconnected@1000+1000"]
+    );
+}
+
+async fn identities_page_through_every_identity_once_and_filter_by_hub(b: Backend) {
+    let s = b.open().await;
+    let mut all = BTreeSet::new();
+    let mut events = Vec::new();
+    for (n, (hub, device, module)) in [
+        ("hub", "a", None),
+        ("hub", "a", Some("m1")),
+        ("hub", "a", Some("$edgeHub")),
+        ("hub", "b'c", None),
+        ("hub", "x|y", None),
+        ("hub", "Z", None),
+        ("hub-2", "a", None),
+        ("hub-2", "q%20", None),
+        ("hub2", "a", None),
+        ("hu", "b", None),
+        ("hub", "gone", None),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let i = Identity::new(hub, device, module);
+        events.push(dis(&i, n as u64 + 1, n as i64));
+        all.insert(i);
+    }
+    events.push(del(&Identity::new("hub", "gone", None), 50));
+    s.apply(events, at(100)).await.unwrap();
+
+    async fn page_through(s: &dyn Store, hub: Option<&str>) -> Vec<Identity> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = s
+                .identities(hub.map(str::to_string), after.clone(), 3)
+                .await
+                .unwrap();
+            assert!(page.len() <= 3);
+            out.extend(page.iter().map(|r| r.identity.clone()));
+            if page.len() < 3 {
+                return out;
+            }
+            after = page.last().map(|r| r.identity.clone());
+        }
+    }
+    let listed = page_through(&*s, None).await;
+    assert_eq!(listed.len(), all.len(), "each once: {listed:?}");
+    assert_eq!(listed.iter().cloned().collect::<BTreeSet<_>>(), all);
+    // The same order every time.
+    assert_eq!(page_through(&*s, None).await, listed);
+    for hub in ["hub", "hub-2", "hub2", "hu", "nohub"] {
+        let mine = page_through(&*s, Some(hub)).await;
+        let want: BTreeSet<_> = all.iter().filter(|i| i.hub() == hub).cloned().collect();
+        assert_eq!(mine.len(), want.len(), "{hub}: {mine:?}");
+        assert_eq!(mine.into_iter().collect::<BTreeSet<_>>(), want, "{hub}");
+    }
+    // Records carry state and history; the tombstone is listed.
+    let big = s.identities(None, None, 100).await.unwrap();
+    let gone = big.iter().find(|r| r.identity.device() == "gone").unwrap();
+    assert_eq!(gone.state.deleted_at, Some(at(50)));
+    let a = big
+        .iter()
+        .find(|r| r.identity == Identity::new("hub", "a", None))
+        .unwrap();
+    assert!(a.state.outage.is_some());
+    assert_eq!(a.history.0.len(), 1);
+    assert!(s.identities(None, None, 0).await.unwrap().is_empty());
+}
+
+async fn counts_equal_the_classification_of_every_identity(b: Backend) {
+    let policy = silenced("muted-*", 10_000);
+    let s = b.open_with(policy.clone()).await;
+    let flappy = id("flappy");
+    let mut events = vec![
+        con(&id("c1"), 1, 0),
+        con(&id("c2"), 1, 0),
+        dis(&Identity::new("hub", "c2", Some("mod")), 2, 0),
+        dis(&id("alerted"), 1, 0),
+        dis(&id("muted-1"), 1, 0),
+        con(&id("gone"), 1, 0),
+        del(&id("gone"), 10),
+        del(&id("never-seen"), 10),
+    ];
+    for i in 0..5u64 {
+        let t = i as i64 * 30;
+        events.push(dis(&flappy, 2 * i + 1, t));
+        events.push(con(&flappy, 2 * i + 2, t + 10));
+    }
+    s.apply(events, at(200)).await.unwrap();
+    // Claimed: alerted and the module; snoozed: muted-1. Then a fresh outage, still pending.
+    assert_eq!(
+        claim_all(&*s, 300).await,
+        ["disconnected alerted from=0", "disconnected c2/mod from=0"]
+    );
+    outcomes(&*s, vec![dis(&id("pending"), 1, 250)], 301).await;
+    let now = at(400);
+    let counts = s.counts(now).await.unwrap();
+    assert_eq!(
+        counts,
+        Counts {
+            tracked: 7,
+            connected: 3,
+            pending: 2,
+            alerted: 2,
+            flapping: 1,
+            silenced: 1,
+        }
+    );
+    // By hand, from the records.
+    let mut by_hand = Counts::default();
+    for r in s.identities(None, None, 1000).await.unwrap() {
+        by_hand.add(&status::classify(&r.identity, &r.state, now, &policy));
+    }
+    assert_eq!(counts, by_hand);
+    // The silence is over: nothing is silenced any more.
+    assert_eq!(s.counts(at(10_000)).await.unwrap().silenced, 0);
+}
+
+fn hub_times(hubs: &[HubState]) -> Vec<(String, i64)> {
+    hubs.iter()
+        .map(|h| {
+            (
+                h.hub.clone(),
+                (h.last_event_at.unix_millis() - NOW_MS) / 1000,
+            )
+        })
+        .collect()
+}
+
+async fn hub_times_and_the_last_sweep_only_move_forward(b: Backend) {
+    let (s1, s2) = (b.open().await, b.open().await);
+    let o = s1.overview().await.unwrap();
+    assert!(o.hubs.is_empty() && o.last_sweep_at.is_none());
+    s1.touch_hubs(vec![
+        ("hub-b".into(), at(5)),
+        ("hub-a".into(), at(10)),
+        ("hub-a".into(), at(3)),
+    ])
+    .await
+    .unwrap();
+    s1.touch_hubs(vec![("hub-a".into(), at(7))]).await.unwrap();
+    assert_eq!(
+        hub_times(&s1.overview().await.unwrap().hubs),
+        [("hub-a".into(), 10), ("hub-b".into(), 5)]
+    );
+    // Another instance moves it on; the first, remembering 10, cannot move it back.
+    s2.touch_hubs(vec![("hub-a".into(), at(20))]).await.unwrap();
+    s1.touch_hubs(vec![("hub-a".into(), at(15))]).await.unwrap();
+    s1.touch_hubs(vec![("hub-b".into(), at(30))]).await.unwrap();
+    // Concurrent touches: the latest wins.
+    let touches: Vec<_> = (0..8)
+        .map(|i| {
+            let s = if i % 2 == 0 { s1.clone() } else { s2.clone() };
+            tokio::spawn(async move { s.touch_hubs(vec![("hub-c".into(), at(40 + i))]).await })
+        })
+        .collect();
+    for t in touches {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(s1.finish_sweep(at(100), None).await.unwrap(), []);
+    assert_eq!(s2.finish_sweep(at(50), None).await.unwrap(), []);
+    for s in [&s1, &s2, &b.open().await] {
+        let o = s.overview().await.unwrap();
+        assert_eq!(
+            hub_times(&o.hubs),
+            [
+                ("hub-a".into(), 20),
+                ("hub-b".into(), 30),
+                ("hub-c".into(), 47)
+            ]
+        );
+        assert!(o.hubs.iter().all(|h| h.quiet.is_none()));
+        assert_eq!(o.last_sweep_at, Some(at(100)));
+    }
+}
+
+/// `instances` instances of one store end a sweep at once, at `t`, `t + 1`, … (so their alerts
+/// would not even share outbox keys): every alert they raised.
+async fn sweep_at_once(
+    instances: &[Arc<dyn Store>],
+    t: i64,
+    check: Option<QuietCheck>,
+) -> Vec<connmon::machine::Alert> {
+    let tasks: Vec<_> = instances
+        .iter()
+        .zip(t..)
+        .map(|(s, t)| {
+            let s = s.clone();
+            tokio::spawn(async move { s.finish_sweep(at(t), check).await.unwrap() })
+        })
+        .collect();
+    let mut raised = Vec::new();
+    for task in tasks {
+        raised.extend(task.await.unwrap());
+    }
+    raised
+}
+
+async fn a_quiet_hub_alerts_once_and_once_more_when_it_resumes(b: Backend) {
+    let mut instances = Vec::new();
+    for _ in 0..4 {
+        instances.push(b.open().await);
+    }
+    let (s1, s2) = (instances[0].clone(), instances[1].clone());
+    let check = Some(QuietCheck {
+        quiet_after: Duration::from_secs(600),
+        watching_since: at(0),
+    });
+    s1.touch_hubs(vec![("hub".into(), at(0)), ("busy".into(), at(0))])
+        .await
+        .unwrap();
+    assert!(sweep_at_once(&instances, 596, check).await.is_empty());
+    s2.touch_hubs(vec![("busy".into(), at(500))]).await.unwrap();
+    // Every instance ends a sweep at once: one of them raises the alert.
+    let raised = sweep_at_once(&instances, 600, check).await;
+    assert_eq!(raised.len(), 1, "{raised:?}");
+    assert_eq!(raised[0].kind, AlertKind::HubQuiet);
+    assert_eq!(raised[0].identity.hub(), "hub");
+    assert_eq!(raised[0].disconnected_at, at(0));
+    assert!(sweep_at_once(&instances, 900, check).await.is_empty());
+    assert_eq!(s1.queue_len().await.unwrap(), 2, "queued once per channel");
+    let quiet = s2.overview().await.unwrap().hubs[1].clone();
+    assert_eq!(quiet.hub, "hub");
+    assert_eq!(quiet.quiet.map(|q| q.since), Some(at(0)));
+    // Events again (after a restart): one `hub_resumed`, however many instances sweep.
+    drop(instances);
+    let mut instances = Vec::new();
+    for _ in 0..4 {
+        instances.push(b.open().await);
+    }
+    let (s1, s2) = (instances[0].clone(), instances[1].clone());
+    s1.touch_hubs(vec![("hub".into(), at(1000)), ("busy".into(), at(1000))])
+        .await
+        .unwrap();
+    let raised = sweep_at_once(&instances, 1100, check).await;
+    assert_eq!(raised.len(), 1, "{raised:?}");
+    assert_eq!(raised[0].kind, AlertKind::HubResumed);
+    assert_eq!(raised[0].downtime_seconds, 1000);
+    assert!(sweep_at_once(&instances, 1200, check).await.is_empty());
+    let hubs = s2.overview().await.unwrap().hubs;
+    assert!(hubs.iter().all(|h| h.quiet.is_none()), "{hubs:?}");
+    // Delivered through the outbox like every other alert, in order, each once.
+    let q = queued(&*s2, 1300).await;
+    assert_eq!(kinds(&q), ["hub_quiet", "hub_resumed"]);
+    assert_eq!(q[0]["dedupKey"], q[1]["dedupKey"]);
+    assert_eq!(q[0]["hub"], "hub");
+    assert_eq!(s1.queue_len().await.unwrap(), 4);
+    // Quiet again later: new alerts, with new keys.
+    let again = sweep_at_once(&instances, 1600, check).await;
+    assert_eq!(again.len(), 2, "busy and hub are both quiet now: {again:?}");
+    assert!(again.iter().all(|a| a.dedup_key != q[0]["dedupKey"]));
+}
+
+// ---------------------------------------------------------------------------------------------
 // One test per (check, store)
 
 macro_rules! conformance {
@@ -681,4 +1025,10 @@ conformance!(
     flapping_and_reminders_are_kept_across_a_restart,
     every_allowed_id_character_and_case_round_trips,
     two_instances_taking_turns_decide_like_one,
+    history_records_changes_and_alerts_bounded_and_kept_across_a_restart,
+    a_snoozed_claim_keeps_the_history,
+    identities_page_through_every_identity_once_and_filter_by_hub,
+    counts_equal_the_classification_of_every_identity,
+    hub_times_and_the_last_sweep_only_move_forward,
+    a_quiet_hub_alerts_once_and_once_more_when_it_resumes,
 );

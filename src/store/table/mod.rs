@@ -8,9 +8,11 @@
 //!
 //! | row key | entity | present while |
 //! |---|---|---|
-//! | `i\|{hub}\|{device}\|{module}` | the identity's state (`IdentityState`) | the identity is known |
+//! | `i\|{hub}\|{device}\|{module}` | the identity's state (`IdentityState`) and `history` | the identity is known |
 //! | `d\|{due time, 15 digits}\|{hub}\|{device}\|{module}` | the sweep index | an outage waits for its grace (or silence) |
 //! | `o\|{raised at, 15 digits}\|{dedupKey}\|{kind}` | a queued alert (the outbox) | until delivered |
+//! | `h\|{hub}` | a hub (`HubState`): its last event, an open `hub_quiet`; in partition `shard_of(hub, "")` | the hub was heard from |
+//! | `m\|lastSweep` | when the last sweep ended; in `s00` | after the first sweep |
 //!
 //! Ids are escaped with [`key_part`] (`%XX` for `%`, `'`, `|`, `/`, `\`, `#`, `?`, control and
 //! non-ASCII characters), so every IoT Hub id is a valid key and prefixes never collide.
@@ -23,6 +25,8 @@
 //! - Exactly-once claims: claiming an alert replaces the identity (ETag), deletes its index entity and
 //!   inserts the outbox entity atomically; of several instances sweeping at once one wins.
 //! - Sweep cost follows what is due: one range query per partition over `d|…` up to `now`.
+//! - Exactly-once hub alerts: a `hub_quiet` / `hub_resumed` replaces the hub entity (ETag) and
+//!   inserts its outbox entities in one batch, like a claim.
 
 pub mod auth;
 pub mod client;
@@ -35,7 +39,8 @@ use super::{
 use crate::alerts::AlertBody;
 use crate::machine::{self, Alert, Claim, Flapping, IdentityState, Outage, Policy};
 use crate::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
-use client::{odata_string, BatchOp, Entity, TableClient, TableError};
+use crate::status::{self, History, HubState, Quiet};
+use client::{odata_string, BatchOp, Continuation, Entity, TableClient, TableError, MAX_PAGE};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tokio::task::JoinSet;
@@ -60,6 +65,8 @@ struct Inner {
     cfg: StoreConfig,
     /// What this process last wrote for each identity (see [`Rows`]).
     rows: Rows,
+    /// The hub and meta entities this process last read or wrote (see [`Inner::advance`]).
+    known: Memory<Entity>,
 }
 
 /// The identity entities this process wrote last, with the ETags the service gave them, so the
@@ -76,18 +83,35 @@ struct Inner {
 /// that went through on a remembered row, down twice as much for one that failed — and uses
 /// memory only while the score is not negative (break-even is two in three current), trying it
 /// on one event in 16 regardless, so a process that becomes the only instance finds out.
-#[derive(Default)]
-struct Rows {
-    map: std::sync::Mutex<HashMap<String, Remembered>>,
+type Rows = Memory<Remembered>;
+
+/// Entities remembered with their ETags, keyed `{partition}/{row key}`, used while they pay (see
+/// [`Rows`], the main use).
+struct Memory<T> {
+    map: std::sync::Mutex<HashMap<String, T>>,
     score: std::sync::atomic::AtomicI64,
     tries: std::sync::atomic::AtomicU64,
 }
 
-#[derive(Clone)]
+impl<T> Default for Memory<T> {
+    fn default() -> Self {
+        Memory {
+            map: std::sync::Mutex::new(HashMap::new()),
+            score: Default::default(),
+            tries: Default::default(),
+        }
+    }
+}
+
+/// An identity entity as read or written: what an event is decided on. The default is an absent
+/// entity (no ETag: the write inserts).
+#[derive(Clone, Default)]
 struct Remembered {
     state: IdentityState,
-    etag: String,
+    etag: Option<String>,
     index_at: Option<Timestamp>,
+    /// The `history` property: a replace rewrites every property, so it travels with the state.
+    history: History,
 }
 
 /// Identities remembered at most (a few hundred bytes each).
@@ -96,13 +120,13 @@ const ROWS_CAP: usize = 65_536;
 /// Bounds of [`Rows`]' score: it reacts within a few dozen events.
 const SCORE_LIMIT: i64 = 32;
 
-impl Rows {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Remembered>> {
+impl<T: Clone> Memory<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, T>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The remembered row of `key`, when memory is worth using (see [`Rows`]).
-    fn get(&self, key: &str) -> Option<Remembered> {
+    fn get(&self, key: &str) -> Option<T> {
         if !self.worth_it() {
             return None;
         }
@@ -123,7 +147,7 @@ impl Rows {
         });
     }
 
-    fn put(&self, key: String, row: Remembered) {
+    fn put(&self, key: String, row: T) {
         let mut rows = self.lock();
         if rows.len() >= ROWS_CAP && !rows.contains_key(&key) {
             rows.clear();
@@ -173,6 +197,20 @@ impl Client {
         self.again(|| self.0.query(filter, select, limit)).await
     }
 
+    async fn query_page(
+        &self,
+        filter: &str,
+        select: Option<&[&str]>,
+        from: Option<&Continuation>,
+    ) -> Result<(Vec<Entity>, Option<Continuation>), TableError> {
+        self.again(|| self.0.query_page(filter, select, Some(MAX_PAGE), from))
+            .await
+    }
+
+    async fn insert(&self, e: &Entity) -> Result<String, TableError> {
+        self.again(|| self.0.insert(e)).await
+    }
+
     async fn replace(&self, e: &Entity, etag: &str) -> Result<String, TableError> {
         self.again(|| self.0.replace(e, etag)).await
     }
@@ -210,6 +248,7 @@ impl TableStore {
                 client: Client(client),
                 cfg,
                 rows: Rows::default(),
+                known: Memory::default(),
             }),
         })
     }
@@ -284,6 +323,29 @@ fn outbox_key(alert: &Alert, queued_at: Timestamp, channel: &str) -> String {
     )
 }
 
+/// The hub entity's partition: the identities' hash with an empty device id (device ids are never
+/// empty), so hubs spread over the partitions like devices do.
+fn hub_shard(hub: &str) -> String {
+    shard_of(hub, "")
+}
+
+fn hub_key(hub: &str) -> String {
+    format!("h|{}", key_part(hub))
+}
+
+/// The meta entity recording the last sweep (property `at`, unix ms): one per table.
+const SWEEP_SHARD: &str = "s00";
+const SWEEP_KEY: &str = "m|lastSweep";
+
+/// The row keys starting with `prefix`, as a `[from, to)` range: `to` is `prefix` with its last
+/// character (always `|`) replaced by the next one, `}`.
+fn prefix_range(prefix: &str) -> (String, String) {
+    let mut upper = prefix.to_string();
+    upper.pop();
+    upper.push('}');
+    (prefix.to_string(), upper)
+}
+
 /// Row-key range `[from, to)` as an OData filter inside one partition.
 fn range_filter(pk: &str, from: &str, to: &str) -> String {
     format!(
@@ -301,10 +363,16 @@ fn seq_hex(s: Option<SequenceNumber>) -> Option<String> {
     s.map(|s| s.to_hex())
 }
 
-/// The identity entity for `st`. `indexAt` records the time its index entity (`d|…`) was written
-/// under, so a later writer deletes exactly that one even if the settings that decide the time
-/// (grace, flap window) changed since.
-fn identity_entity(pk: &str, id: &Identity, st: &IdentityState, policy: &Policy) -> Entity {
+/// The identity entity for `st` and `history`. `indexAt` records the time its index entity (`d|…`)
+/// was written under, so a later writer deletes exactly that one even if the settings that decide
+/// the time (grace, flap window) changed since.
+fn identity_entity(
+    pk: &str,
+    id: &Identity,
+    st: &IdentityState,
+    history: &History,
+    policy: &Policy,
+) -> Entity {
     let mut e = Entity::new(pk, &identity_key(id));
     e.set_str("hub", id.hub());
     e.set_str("device", id.device());
@@ -342,8 +410,74 @@ fn identity_entity(pk: &str, id: &Identity, st: &IdentityState, policy: &Policy)
     if let Some(t) = st.due_at(policy) {
         e.set_i64("indexAt", t.unix_millis());
     }
+    if let Some(h) = history.encode() {
+        e.set_str("history", &h);
+    }
     e
 }
+
+/// The identity an identity entity is of (its `hub`, `device` and `module` properties).
+fn identity_of(e: &Entity) -> Identity {
+    Identity::new(
+        e.get_str("hub").unwrap_or(""),
+        e.get_str("device").unwrap_or(""),
+        e.get_str("module"),
+    )
+}
+
+fn history_of(e: &Entity) -> History {
+    History::decode(e.get_str("history"))
+}
+
+fn record_of(e: &Entity) -> IdentityRecord {
+    IdentityRecord {
+        identity: identity_of(e),
+        state: state_of(e),
+        history: history_of(e),
+    }
+}
+
+/// The hub entity for `h` (every property: a replace rewrites them all).
+fn hub_entity(pk: &str, h: &HubState) -> Entity {
+    let mut e = Entity::new(pk, &hub_key(&h.hub));
+    e.set_str("hub", &h.hub);
+    e.set_i64("lastEventAt", h.last_event_at.unix_millis());
+    if let Some(q) = h.quiet {
+        e.set_i64("quietSince", q.since.unix_millis());
+        e.set_i64("quietAlertedAt", q.alerted_at.unix_millis());
+    }
+    e
+}
+
+/// The hub a hub entity records; `None` for an entity without a name or time.
+fn hub_of(e: &Entity) -> Option<HubState> {
+    let ts = |k: &str| e.get_i64(k).map(Timestamp::from_unix_millis);
+    let quiet = match (ts("quietSince"), ts("quietAlertedAt")) {
+        (Some(since), Some(alerted_at)) => Some(Quiet { since, alerted_at }),
+        _ => None,
+    };
+    Some(HubState {
+        hub: e.get_str("hub")?.to_string(),
+        last_event_at: ts("lastEventAt")?,
+        quiet,
+    })
+}
+
+/// What `counts` reads of each identity entity: what `status::classify` looks at.
+const CLASSIFY_PROPS: &[&str] = &[
+    "hub",
+    "device",
+    "module",
+    "lastSeq",
+    "connected",
+    "outageStart",
+    "outageSeq",
+    "alertedAt",
+    "dueAt",
+    "deletedAt",
+    "flappingSince",
+    "flappingSeq",
+];
 
 /// The index time the stored entity was written with (see [`identity_entity`]).
 fn index_at(e: &Entity) -> Option<Timestamp> {
@@ -450,19 +584,20 @@ enum Claimed {
 }
 
 impl Inner {
-    async fn load(
-        &self,
-        pk: &str,
-        id: &Identity,
-    ) -> Result<(IdentityState, Option<String>, Option<Timestamp>), StoreError> {
+    async fn load(&self, pk: &str, id: &Identity) -> Result<Remembered, StoreError> {
         match self
             .client
             .get(pk, &identity_key(id))
             .await
             .map_err(table_err)?
         {
-            Some(e) => Ok((state_of(&e), e.etag.clone(), index_at(&e))),
-            None => Ok((IdentityState::default(), None, None)),
+            Some(e) => Ok(Remembered {
+                state: state_of(&e),
+                etag: e.etag.clone(),
+                index_at: index_at(&e),
+                history: history_of(&e),
+            }),
+            None => Ok(Remembered::default()),
         }
     }
 
@@ -506,18 +641,18 @@ impl Inner {
         let mut remembered = self.rows.get(&row_key);
         for _ in 0..MAX_CONFLICT_RETRIES {
             let from_memory = remembered.is_some();
-            let (stored, etag, old_due) = match remembered.take() {
-                Some(r) => (r.state, Some(r.etag), r.index_at),
+            let row = match remembered.take() {
+                Some(r) => r,
                 None => self.load(&pk, id).await?,
             };
             let device_deleted_at = match (id.module(), ev.kind) {
                 (Some(_), EventKind::Connected(_) | EventKind::Disconnected(_)) => {
                     let device = Identity::new(id.hub(), id.device(), None);
-                    self.load(&pk, &device).await?.0.deleted_at
+                    self.load(&pk, &device).await?.state.deleted_at
                 }
                 _ => None,
             };
-            let state = machine::with_device_deletion(&stored, device_deleted_at);
+            let state = machine::with_device_deletion(&row.state, device_deleted_at);
             let t = machine::apply(&state, ev, received_at, &self.cfg.policy);
             if !t.outcome.changes_state() && t.alert.is_none() {
                 if from_memory {
@@ -530,9 +665,11 @@ impl Inner {
                     alert: None,
                 });
             }
+            let mut history = row.history;
+            history.extend(status::changes_of(&state, &t));
             let mut ops = Vec::with_capacity(4);
-            let entity = identity_entity(&pk, id, &t.state, &self.cfg.policy);
-            ops.push(match &etag {
+            let entity = identity_entity(&pk, id, &t.state, &history, &self.cfg.policy);
+            ops.push(match &row.etag {
                 Some(tag) => BatchOp::Replace {
                     entity,
                     etag: tag.clone(),
@@ -540,8 +677,8 @@ impl Inner {
                 None => BatchOp::Insert(entity),
             });
             let new_due = t.state.due_at(&self.cfg.policy);
-            if old_due != new_due {
-                if let Some(start) = old_due {
+            if row.index_at != new_due {
+                if let Some(start) = row.index_at {
                     ops.push(BatchOp::Delete {
                         row_key: due_key(start, id),
                         etag: "*".into(),
@@ -577,8 +714,9 @@ impl Inner {
                             row_key,
                             Remembered {
                                 state: t.state,
-                                etag,
+                                etag: Some(etag),
                                 index_at: new_due,
+                                history,
                             },
                         ),
                         None => self.rows.forget(&row_key),
@@ -614,14 +752,15 @@ impl Inner {
     ) -> Result<Applied, StoreError> {
         let id = &ev.identity;
         let pk = shard_of(id.hub(), id.device());
-        let prefix = format!("i|{}|{}|", key_part(id.hub()), key_part(id.device()));
-        let mut upper = prefix.clone();
-        upper.pop();
-        upper.push('}');
+        let (from, to) = prefix_range(&format!(
+            "i|{}|{}|",
+            key_part(id.hub()),
+            key_part(id.device())
+        ));
         let rows = self
             .client
             .query(
-                &range_filter(&pk, &prefix, &upper),
+                &range_filter(&pk, &from, &to),
                 Some(&["hub", "device", "module"]),
                 None,
             )
@@ -741,11 +880,7 @@ impl Inner {
             let Some(e) = self.client.get(pk, id_key).await.map_err(table_err)? else {
                 return Ok(None);
             };
-            let id = Identity::new(
-                e.get_str("hub").unwrap_or(""),
-                e.get_str("device").unwrap_or(""),
-                e.get_str("module"),
-            );
+            let id = identity_of(&e);
             let state = state_of(&e);
             let (next, alert) = match machine::claim_due(&id, &state, now, &self.cfg.policy) {
                 Claim::Alert(next, alert) => (next, Some(alert)),
@@ -759,8 +894,11 @@ impl Inner {
                     return Ok(None);
                 }
             };
+            // The alert joins the history; a snooze changes nothing there.
+            let mut history = history_of(&e);
+            history.extend(alert.as_ref().map(status::alert_change));
             let mut ops = vec![BatchOp::Replace {
-                entity: identity_entity(pk, &id, &next, &self.cfg.policy),
+                entity: identity_entity(pk, &id, &next, &history, &self.cfg.policy),
                 etag: e.etag.clone().unwrap_or_else(|| "*".into()),
             }];
             // Move the index entry to the state's next due time (a reminder, the end of a flapping
@@ -849,6 +987,181 @@ impl Inner {
             }
         }
         Ok(out)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What operators see (issue 9): reads of identities, hubs and the dead-man's switch
+
+impl Inner {
+    /// Up to `limit` identity entities of partition `pk` in `[from, to)` after `after` (a row
+    /// key), in row-key order.
+    async fn identity_range(
+        &self,
+        pk: &str,
+        (from, to): (&str, &str),
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Entity>, StoreError> {
+        let mut filter = range_filter(pk, from, to);
+        if let Some(after) = after {
+            filter.push_str(&format!(" and RowKey gt {}", odata_string(after)));
+        }
+        self.client
+            .query(&filter, None, Some(limit))
+            .await
+            .map_err(table_err)
+    }
+
+    /// The counts of one partition, read a page at a time (only what classification needs).
+    async fn count_shard(&self, pk: &str, now: Timestamp) -> Result<Counts, StoreError> {
+        let filter = range_filter(pk, "i|", "i}");
+        let mut counts = Counts::default();
+        let mut next = None;
+        loop {
+            let (page, more) = self
+                .client
+                .query_page(&filter, Some(CLASSIFY_PROPS), next.as_ref())
+                .await
+                .map_err(table_err)?;
+            for e in &page {
+                let s = status::classify(&identity_of(e), &state_of(e), now, &self.cfg.policy);
+                counts.add(&s);
+            }
+            match more {
+                Some(c) => next = Some(c),
+                None => return Ok(counts),
+            }
+        }
+    }
+
+    /// Moves the integer property `name` of entity (`pk`, `rk`) forward to `to`, never back:
+    /// inserts the entity (with `init`'s properties) when absent, leaves it when it already holds
+    /// `to` or later, else replaces it at the ETag it was read at. A lost race (412, 409, or the
+    /// entity vanished) reads it again and decides again; a later time written meanwhile ends it.
+    ///
+    /// The entity last read or written stands in for the first read (see [`Memory`]): when it
+    /// already holds `to` or later, nothing is sent (the stored time only moves forward); when it
+    /// is current, the write is the only request.
+    async fn advance(
+        &self,
+        pk: &str,
+        rk: &str,
+        name: &str,
+        to: Timestamp,
+        init: impl Fn(&mut Entity),
+    ) -> Result<(), StoreError> {
+        let key = format!("{pk}/{rk}");
+        let mut remembered = self.known.get(&key);
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let from_memory = remembered.is_some();
+            let stored = match remembered.take() {
+                Some(e) => Some(e),
+                None => self.client.get(pk, rk).await.map_err(table_err)?,
+            };
+            let (mut e, written) = match stored {
+                Some(e) if e.get_i64(name).is_some_and(|t| t >= to.unix_millis()) => {
+                    self.known.put(key, e);
+                    return Ok(());
+                }
+                Some(mut e) => {
+                    let etag = e.etag.take().unwrap_or_else(|| "*".into());
+                    e.set_i64(name, to.unix_millis());
+                    let written = self.client.replace(&e, &etag).await;
+                    (e, written)
+                }
+                None => {
+                    let mut e = Entity::new(pk, rk);
+                    init(&mut e);
+                    e.set_i64(name, to.unix_millis());
+                    let written = self.client.insert(&e).await;
+                    (e, written)
+                }
+            };
+            if from_memory {
+                self.known.judged(written.is_ok());
+            }
+            match written {
+                Ok(etag) => {
+                    e.etag = Some(etag);
+                    self.known.put(key, e);
+                    return Ok(());
+                }
+                Err(err) if is_contention(&err) || is_not_found(&err) => self.known.forget(&key),
+                Err(err) => {
+                    self.known.forget(&key);
+                    return Err(table_err(err));
+                }
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "{rk} kept changing during {MAX_CONFLICT_RETRIES} attempts"
+        )))
+    }
+
+    /// Every hub entity (one range query per partition).
+    async fn hub_entities(self: &Arc<Self>) -> Result<Vec<Entity>, StoreError> {
+        per_shard(self, |me, pk| async move {
+            me.client
+                .query(&range_filter(&pk, "h|", "h}"), None, None)
+                .await
+                .map_err(table_err)
+        })
+        .await
+    }
+
+    /// The dead-man's switch for the hub entity `e`: when `status::check_hub` raises an alert,
+    /// one batch in the hub's partition replaces the entity at its ETag and queues the alert for
+    /// every channel. A lost race means another instance (or a touch) changed the hub: read it
+    /// again and check again, so an alert is never queued twice.
+    async fn check_hub(
+        &self,
+        mut e: Entity,
+        now: Timestamp,
+        q: QuietCheck,
+    ) -> Result<Option<Alert>, StoreError> {
+        let (pk, rk) = (e.partition_key.clone(), e.row_key.clone());
+        let key = format!("{pk}/{rk}");
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let Some(hub) = hub_of(&e) else {
+                return Ok(None);
+            };
+            let Some((next, alert)) = status::check_hub(&hub, now, q.quiet_after, q.watching_since)
+            else {
+                return Ok(None);
+            };
+            let mut written = hub_entity(&pk, &next);
+            let mut ops = vec![BatchOp::Replace {
+                entity: written.clone(),
+                etag: e.etag.clone().unwrap_or_else(|| "*".into()),
+            }];
+            ops.extend(outbox_ops(
+                &pk,
+                &self.cfg.channels,
+                &alert,
+                alert.detected_at,
+            )?);
+            self.known.forget(&key);
+            match self.client.batch(&pk, ops).await {
+                Ok(etags) => {
+                    if let Some(etag) = etags.into_iter().next().flatten() {
+                        written.etag = Some(etag);
+                        self.known.put(key, written);
+                    }
+                    return Ok(Some(alert));
+                }
+                Err(err) if is_contention(&err) => {
+                    match self.client.get(&pk, &rk).await.map_err(table_err)? {
+                        Some(fresh) => e = fresh,
+                        None => return Ok(None),
+                    }
+                }
+                Err(err) => return Err(table_err(err)),
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "hub {rk} kept changing during {MAX_CONFLICT_RETRIES} attempts"
+        )))
     }
 }
 
@@ -974,38 +1287,116 @@ impl Store for TableStore {
         })
     }
 
-    // TODO(issue 9): the Table Storage side of the status API and the dead-man's switch.
-    fn identity(&self, _id: Identity) -> BoxFuture<'_, Result<Option<IdentityRecord>, StoreError>> {
-        Box::pin(async { Err(todo_issue9()) })
+    fn identity(&self, id: Identity) -> BoxFuture<'_, Result<Option<IdentityRecord>, StoreError>> {
+        Box::pin(async move {
+            let pk = shard_of(id.hub(), id.device());
+            let e = self
+                .inner
+                .client
+                .get(&pk, &identity_key(&id))
+                .await
+                .map_err(table_err)?;
+            Ok(e.as_ref().map(record_of))
+        })
     }
 
     fn identities(
         &self,
-        _hub: Option<String>,
-        _after: Option<Identity>,
-        _limit: usize,
+        hub: Option<String>,
+        after: Option<Identity>,
+        limit: usize,
     ) -> BoxFuture<'_, Result<Vec<IdentityRecord>, StoreError>> {
-        Box::pin(async { Err(todo_issue9()) })
+        Box::pin(async move {
+            // Row-key order (the escaped ids), merged over the partitions: each gives its first
+            // `limit` after the cursor, the smallest `limit` of them all are the page.
+            let (from, to) = match &hub {
+                Some(h) => prefix_range(&format!("i|{}|", key_part(h))),
+                None => prefix_range("i|"),
+            };
+            let after = after.as_ref().map(identity_key);
+            let mut all = per_shard(&self.inner, |me, pk| {
+                let (from, to, after) = (from.clone(), to.clone(), after.clone());
+                async move {
+                    me.identity_range(&pk, (&from, &to), after.as_deref(), limit)
+                        .await
+                }
+            })
+            .await?;
+            all.sort_by(|a, b| a.row_key.cmp(&b.row_key));
+            all.truncate(limit);
+            Ok(all.iter().map(record_of).collect())
+        })
     }
 
-    fn counts(&self, _now: Timestamp) -> BoxFuture<'_, Result<Counts, StoreError>> {
-        Box::pin(async { Err(todo_issue9()) })
+    fn counts(&self, now: Timestamp) -> BoxFuture<'_, Result<Counts, StoreError>> {
+        Box::pin(async move {
+            let per = per_shard(&self.inner, move |me, pk| async move {
+                me.count_shard(&pk, now).await.map(|c| vec![c])
+            })
+            .await?;
+            let mut total = Counts::default();
+            per.iter().for_each(|c| total += *c);
+            Ok(total)
+        })
     }
 
-    fn touch_hubs(&self, _seen: Vec<(String, Timestamp)>) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async { Ok(()) })
+    fn touch_hubs(&self, seen: Vec<(String, Timestamp)>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            // One write per hub, at its latest time.
+            let mut latest: BTreeMap<String, Timestamp> = BTreeMap::new();
+            for (hub, at) in seen {
+                let t = latest.entry(hub).or_insert(at);
+                *t = (*t).max(at);
+            }
+            for (hub, at) in latest {
+                let init = |e: &mut Entity| {
+                    e.set_str("hub", &hub);
+                };
+                self.inner
+                    .advance(&hub_shard(&hub), &hub_key(&hub), "lastEventAt", at, init)
+                    .await?;
+            }
+            Ok(())
+        })
     }
 
     fn overview(&self) -> BoxFuture<'_, Result<Overview, StoreError>> {
-        Box::pin(async { Err(todo_issue9()) })
+        Box::pin(async move {
+            let (hubs, sweep) = tokio::join!(
+                self.inner.hub_entities(),
+                self.inner.client.get(SWEEP_SHARD, SWEEP_KEY)
+            );
+            let mut hubs: Vec<HubState> = hubs?.iter().filter_map(hub_of).collect();
+            hubs.sort_by(|a, b| a.hub.cmp(&b.hub));
+            let last_sweep_at = sweep
+                .map_err(table_err)?
+                .and_then(|e| e.get_i64("at"))
+                .map(Timestamp::from_unix_millis);
+            Ok(Overview {
+                hubs,
+                last_sweep_at,
+            })
+        })
     }
 
     fn finish_sweep(
         &self,
-        _now: Timestamp,
-        _quiet: Option<QuietCheck>,
+        now: Timestamp,
+        quiet: Option<QuietCheck>,
     ) -> BoxFuture<'_, Result<Vec<Alert>, StoreError>> {
-        Box::pin(async { Ok(Vec::new()) })
+        Box::pin(async move {
+            self.inner
+                .advance(SWEEP_SHARD, SWEEP_KEY, "at", now, |_| {})
+                .await?;
+            let Some(q) = quiet else {
+                return Ok(Vec::new());
+            };
+            let mut alerts = Vec::new();
+            for e in self.inner.hub_entities().await? {
+                alerts.extend(self.inner.check_hub(e, now, q).await?);
+            }
+            Ok(alerts)
+        })
     }
 }
 
@@ -1042,9 +1433,8 @@ mod rows_tests {
 
     fn row() -> Remembered {
         Remembered {
-            state: IdentityState::default(),
-            etag: "W/\"1\"".into(),
-            index_at: None,
+            etag: Some("W/\"1\"".into()),
+            ..Remembered::default()
         }
     }
 
