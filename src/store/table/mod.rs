@@ -1423,10 +1423,6 @@ fn chunks<T>(v: Vec<T>, n: usize) -> Vec<Vec<T>> {
     out
 }
 
-fn todo_issue9() -> StoreError {
-    StoreError::Unavailable("the status API is not implemented for Table Storage yet".into())
-}
-
 #[cfg(test)]
 mod rows_tests {
     use super::*;
