@@ -142,7 +142,13 @@ pub async fn run(
     let monitor = Arc::new(
         Monitor::new(store, notifier, policy)
             .with_hub_quiet_after(settings.hub_quiet_after)
-            .with_metric_lines(functions),
+            .with_metric_lines(functions)
+            .with_counts_ttl(match settings.store {
+                StoreKind::Sqlite { .. } => {
+                    std::time::Duration::from_millis(monitor::COUNTS_TTL_MS as u64)
+                }
+                StoreKind::Table { .. } => std::time::Duration::from_secs(60),
+            }),
     );
     let ticker = match settings.mode {
         Mode::Standalone { sweep_interval, .. } => {

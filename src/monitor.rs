@@ -183,8 +183,8 @@ struct HubSeen {
 pub const HUB_TOUCH_EVERY_MS: i64 = 15_000;
 /// Functions mode: metrics go to the log at most this often per process (and after every sweep).
 pub const METRIC_LINE_EVERY_MS: i64 = 60_000;
-/// `GET /api/status` and `/metrics` reuse the store's counts for this long (counting reads every
-/// identity) unless this process changed something since (then they are counted again).
+/// `GET /api/status` and `/metrics` reuse the store's counts for this long by default (counting
+/// reads every identity); a sweep in this process counts again.
 pub const COUNTS_TTL_MS: i64 = 5_000;
 
 /// The service. Cheap to share: hold it in an `Arc`.
@@ -206,6 +206,7 @@ pub struct Monitor {
     metric_lines: bool,
     last_metric_line: std::sync::Mutex<Timestamp>,
     counts_cache: tokio::sync::Mutex<Option<(Timestamp, Counts)>>,
+    counts_ttl_ms: i64,
 }
 
 impl Monitor {
@@ -224,7 +225,15 @@ impl Monitor {
             metric_lines: false,
             last_metric_line: std::sync::Mutex::new(now),
             counts_cache: tokio::sync::Mutex::new(None),
+            counts_ttl_ms: COUNTS_TTL_MS,
         }
+    }
+
+    /// How long counts are reused (Table Storage: counting reads every entity, ~1,000 queries at
+    /// a million identities, so it is done less often).
+    pub fn with_counts_ttl(mut self, ttl: Duration) -> Monitor {
+        self.counts_ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        self
     }
 
     /// Turns the dead-man's switch on (`CONNMON_HUB_QUIET_AFTER`).
@@ -255,7 +264,7 @@ impl Monitor {
     pub async fn counts(&self, now: Timestamp) -> Result<Counts, StoreError> {
         let mut cache = self.counts_cache.lock().await;
         if let Some((at, c)) = *cache {
-            if now.unix_millis() - at.unix_millis() < COUNTS_TTL_MS && now >= at {
+            if now.unix_millis() - at.unix_millis() < self.counts_ttl_ms && now >= at {
                 return Ok(c);
             }
         }
@@ -397,9 +406,6 @@ impl Monitor {
             (&metrics::REJECTED, vec![], report.rejected.len() as u64),
         ]);
         let result = self.apply(events, received_at, &mut report).await;
-        if report.outcomes.iter().any(|o| o.changes_state()) {
-            self.counts_cache.lock().await.take();
-        }
         if result.is_ok() {
             // Only deliveries that were accepted count as signs of life.
             let due = self.note_hubs(&hubs, received_at);

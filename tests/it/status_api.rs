@@ -566,3 +566,42 @@ fn a_quiet_hub_alerts_once_and_once_more_when_events_return() {
         cm.stderr()
     );
 }
+
+#[test]
+fn two_functions_instances_on_table_storage_answer_for_each_other() {
+    let table = crate::table_client::unique_table_name("status");
+    let conn = crate::table_client::azurite_connection_string();
+    let env = [
+        ("CONNMON_GRACE_PERIOD", "5m"),
+        ("CONNMON_STORE", "table"),
+        ("CONNMON_TABLE_CONNECTION", conn.as_str()),
+        ("CONNMON_TABLE_NAME", table.as_str()),
+        ("CONNMON_HUB_QUIET_AFTER", "30m"),
+    ];
+    let a = Connmon::functions(&env);
+    let b = Connmon::functions(&env);
+    // Events reach instance A; the timer runs on A; B answers the questions.
+    a.event(&disconnected("t-gone", 3, &ago(3600)));
+    a.event(&connected("t-ok", 1, &ago(60)).module("m"));
+    a.sweep();
+    let s = get_json(&b, "/api/status");
+    assert_eq!(
+        (s["tracked"].as_u64(), s["alerted"].as_u64()),
+        (Some(2), Some(1)),
+        "{s}"
+    );
+    assert_eq!(s["hubs"][0]["hub"], HUB.to_lowercase(), "{s}");
+    assert!(s["lastSweepAt"].is_string(), "the sweep on A: {s}");
+    assert_eq!(s["hubQuietAfterSeconds"], 1800);
+    let d = get_json(&b, "/api/devices/t-gone");
+    assert_eq!(d["alerts"][0]["kind"], "alert:disconnected", "{d}");
+    let m = get_json(&b, "/api/devices/t-ok/modules/m");
+    assert_eq!(m["state"], "connected");
+    let all = get_json(&b, "/api/devices?limit=1");
+    let next = all["next"].as_str().expect("two identities, pages of one");
+    let rest = get_json(&b, &format!("/api/devices?limit=1&after={next}"));
+    let mut both = devices_of(&all);
+    both.extend(devices_of(&rest));
+    both.sort();
+    assert_eq!(both, ["t-gone", "t-ok/m"]);
+}
