@@ -376,6 +376,18 @@ fn secrets_never_reach_logs_errors_or_timer_logs() {
     }
     answers.push_str(&cm.sweep().logs.join("\n"));
     answers.push_str(&Request::get("/").send(cm.port).text());
+    // The operator surfaces of issue 9 too: status, devices, one device, the page, the metrics.
+    for path in [
+        "/api/status",
+        "/api/devices",
+        "/api/devices/dev-0",
+        "/api/dashboard",
+        "/metrics",
+    ] {
+        let r = Request::get(path).send(cm.port);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        answers.push_str(&r.text());
+    }
     assert!(hook.requests().len() >= 3, "{:?}", hook.requests());
     assert!(!teams.requests().is_empty() && !pd.requests().is_empty());
     let output = format!("{}\n{}\n{answers}", cm.stdout(), cm.stderr());

@@ -605,3 +605,57 @@ fn two_functions_instances_on_table_storage_answer_for_each_other() {
     both.sort();
     assert_eq!(both, ["t-gone", "t-ok/m"]);
 }
+
+#[test]
+fn junk_paths_and_queries_get_4xx_never_5xx() {
+    let cm = Connmon::standalone(&[("CONNMON_SWEEP_INTERVAL", "1h")]);
+    post(&cm, vec![disconnected("j", 1, &ago(30)).eg()]);
+    let pieces = [
+        "state=",
+        "state=offline",
+        "hub=",
+        "hub=%00",
+        "hub=%FF%FE",
+        "limit=-1",
+        "limit=99999999999999999999",
+        "after=",
+        "after=%2F%2F",
+        "after=AAAA",
+        "after=aHViAGRldgA",
+        "x=1",
+        "code=",
+        "state=offline&state=pending",
+        "%",
+        "&&&",
+        "=",
+        "limit=1&after=bm90IGEgY3Vyc29y",
+    ];
+    let paths = [
+        "/api/devices",
+        "/api/devices/",
+        "/api/devices/%00",
+        "/api/devices/%C3%28",
+        "/api/devices/j/modules/",
+        "/api/devices/j/modules/%0A",
+        "/api/status",
+        "/api/dashboard",
+        "/metrics",
+        "/api/devices/..%2F..",
+    ];
+    let mut rng = Rng(0x5eed_0009);
+    for _ in 0..300 {
+        let path = paths[(rng.next() % paths.len() as u64) as usize];
+        let n = rng.next() % 3;
+        let query: Vec<&str> = (0..n)
+            .map(|_| pieces[(rng.next() % pieces.len() as u64) as usize])
+            .collect();
+        let url = if query.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{}", query.join("&"))
+        };
+        let r = get(&cm, &url);
+        assert!(r.status < 500, "{url}: {} {}", r.status, r.text());
+    }
+    assert_eq!(get(&cm, "/api/status").status, 200, "still serving");
+}
