@@ -179,7 +179,8 @@ struct HubSeen {
 
 /// A hub's receipt time is written to the store at most this often per process (and at every
 /// sweep): the dead-man's switch counts in minutes, so this costs a store write per hub every 15 s
-/// under traffic instead of one per event.
+/// under traffic instead of one per event. A shorter `CONNMON_HUB_QUIET_AFTER` writes more often
+/// (a quarter of it), so another instance's sweep never sees a busy hub as quiet.
 pub const HUB_TOUCH_EVERY_MS: i64 = 15_000;
 /// Functions mode: metrics go to the log at most this often per process (and after every sweep).
 pub const METRIC_LINE_EVERY_MS: i64 = 60_000;
@@ -242,6 +243,14 @@ impl Monitor {
         self
     }
 
+    /// How often this process writes a busy hub's arrival time.
+    fn hub_touch_every_ms(&self) -> i64 {
+        let quarter = self
+            .hub_quiet_after
+            .map_or(i64::MAX, |d| i64::try_from(d.as_millis() / 4).unwrap_or(i64::MAX));
+        HUB_TOUCH_EVERY_MS.min(quarter).max(1_000)
+    }
+
     /// Functions mode: metrics as log lines.
     pub fn with_metric_lines(mut self, on: bool) -> Monitor {
         self.metric_lines = on;
@@ -275,6 +284,7 @@ impl Monitor {
 
     /// Notes events from `hubs` received at `at`; returns the hubs whose time is due to be written.
     fn note_hubs(&self, hubs: &[String], at: Timestamp) -> Vec<(String, Timestamp)> {
+        let every = self.hub_touch_every_ms();
         let mut seen = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
         let mut due = Vec::new();
         for hub in hubs {
@@ -286,7 +296,7 @@ impl Monitor {
             e.latest = e.latest.max(at);
             let stale = e
                 .written_at
-                .is_none_or(|w| at.unix_millis() - w.unix_millis() >= HUB_TOUCH_EVERY_MS);
+                .is_none_or(|w| at.unix_millis() - w.unix_millis() >= every);
             if stale && e.latest > e.written && !due.iter().any(|(h, _)| h == hub) {
                 due.push((hub.clone(), e.latest));
             }
