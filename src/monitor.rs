@@ -245,9 +245,9 @@ impl Monitor {
 
     /// How often this process writes a busy hub's arrival time.
     fn hub_touch_every_ms(&self) -> i64 {
-        let quarter = self
-            .hub_quiet_after
-            .map_or(i64::MAX, |d| i64::try_from(d.as_millis() / 4).unwrap_or(i64::MAX));
+        let quarter = self.hub_quiet_after.map_or(i64::MAX, |d| {
+            i64::try_from(d.as_millis() / 4).unwrap_or(i64::MAX)
+        });
         HUB_TOUCH_EVERY_MS.min(quarter).max(1_000)
     }
 
