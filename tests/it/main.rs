@@ -19,6 +19,7 @@ mod table_client;
 mod alert_webhook;
 mod channels;
 mod crash;
+mod dashboard;
 mod faults;
 mod host;
 mod multi_instance;
