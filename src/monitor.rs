@@ -647,18 +647,13 @@ impl Monitor {
         let mut b = api::DashboardBuilder::default();
         let mut after = None;
         loop {
-            let records = self
-                .store
-                .identities(None, after.clone(), DASHBOARD_PAGE)
-                .await?;
+            let (records, next) = self.store.noteworthy(after, DASHBOARD_PAGE).await?;
             for r in &records {
                 b.add(r, &self.policy, now);
             }
-            match records.last() {
-                Some(last) if records.len() == DASHBOARD_PAGE => {
-                    after = Some(last.identity.clone())
-                }
-                _ => break,
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
             }
         }
         Ok(b.finish(status, now))

@@ -123,6 +123,16 @@ impl std::ops::AddAssign for Counts {
     }
 }
 
+/// Whether the dashboard shows anything of `r` (see [`Store::noteworthy`]).
+pub fn is_noteworthy(r: &IdentityRecord) -> bool {
+    r.state.outage.is_some()
+        || r.state.flapping.is_some()
+        || r.history
+            .0
+            .iter()
+            .any(|c| matches!(c.kind, status::ChangeKind::Alert(_)))
+}
+
 /// What the store knows beyond identities: every hub heard from, and the last sweep.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Overview {
@@ -213,6 +223,25 @@ pub trait Store: Send + Sync {
         after: Option<Identity>,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<IdentityRecord>, StoreError>>;
+
+    /// What the dashboard shows, paged: identities that are offline, flapping, or have an alert in
+    /// their history (every other identity is skipped), and where to go on (`None`: done). The
+    /// default pages through [`Store::identities`] and filters; a store that can filter where the
+    /// data is does so.
+    fn noteworthy(
+        &self,
+        after: Option<Identity>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<(Vec<IdentityRecord>, Option<Identity>), StoreError>> {
+        Box::pin(async move {
+            let page = self.identities(None, after, limit).await?;
+            let next = (page.len() == limit)
+                .then(|| page.last().map(|r| r.identity.clone()))
+                .flatten();
+            let kept = page.into_iter().filter(is_noteworthy).collect();
+            Ok((kept, next))
+        })
+    }
 
     /// The counts of `GET /api/status` at `now`.
     fn counts(&self, now: Timestamp) -> BoxFuture<'_, Result<Counts, StoreError>>;

@@ -370,12 +370,13 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<IdentityRecord>, StoreError>> {
         Box::pin(self.read(move |conn| {
-            // Key order; the row-value comparison walks the primary key from the cursor.
-            let sql = format!(
-                "{RECORD_SQL} WHERE (?1 IS NULL OR hub = ?1)
-                   AND (?2 IS NULL OR (hub, device, module) > (?2, ?3, ?4))
-                 ORDER BY hub, device, module LIMIT ?5"
-            );
+            // Within one hub only the part of the cursor in that hub matters.
+            let after = match (&hub, after) {
+                (Some(h), Some(a)) if a.hub() < h.as_str() => None,
+                (Some(h), Some(a)) if a.hub() > h.as_str() => return Ok(Vec::new()),
+                (_, a) => a,
+            };
+            let sql = identities_sql(hub.is_some(), after.is_some());
             let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
             let (a_hub, a_dev, a_mod) = match &after {
                 Some(a) => (Some(a.hub()), Some(a.device()), Some(module_key(a))),
@@ -385,6 +386,33 @@ impl Store for SqliteStore {
                 .query_map(params![hub, a_hub, a_dev, a_mod, limit as i64], record)
                 .map_err(db_err)?;
             rows.collect::<Result<_, _>>().map_err(db_err)
+        }))
+    }
+
+    fn noteworthy(
+        &self,
+        after: Option<Identity>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<(Vec<IdentityRecord>, Option<Identity>), StoreError>> {
+        Box::pin(self.read(move |conn| {
+            // The same test as `store::is_noteworthy`, in SQL: the scan stays inside SQLite and
+            // only the few rows the page shows are decoded. Alert entries are the upper-case
+            // history codes and `f`/`q` (status::ChangeKind::code).
+            let sql = noteworthy_sql(after.is_some());
+            let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
+            let (a_hub, a_dev, a_mod) = match &after {
+                Some(a) => (Some(a.hub()), Some(a.device()), Some(module_key(a))),
+                None => (None, None, None),
+            };
+            let rows: Vec<IdentityRecord> = stmt
+                .query_map(params![a_hub, a_dev, a_mod, limit as i64], record)
+                .map_err(db_err)?
+                .collect::<Result<_, _>>()
+                .map_err(db_err)?;
+            let next = (rows.len() == limit)
+                .then(|| rows.last().map(|r| r.identity.clone()))
+                .flatten();
+            Ok((rows, next))
         }))
     }
 
@@ -474,6 +502,37 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, Result<Vec<Alert>, StoreError>> {
         Box::pin(self.call(move |reply| Command::FinishSweep { now, quiet, reply }))
     }
+}
+
+/// One page of identities in key order: a range seek on the primary key from the cursor (a
+/// separate statement per case, so the planner never falls back to scanning from the start —
+/// which made paging through a million identities quadratic). Parameters: `?1` hub, `?2..?4` the
+/// cursor, `?5` the limit.
+pub fn identities_sql(hub: bool, after: bool) -> String {
+    let filter = match (hub, after) {
+        (false, false) => "WHERE ?1 IS NULL AND ?2 IS NULL",
+        (false, true) => "WHERE ?1 IS NULL AND (hub, device, module) > (?2, ?3, ?4)",
+        (true, false) => "WHERE hub = ?1 AND ?2 IS NULL",
+        // The cursor is in the same hub (see `identities`): seek on (device, module) within it.
+        (true, true) => "WHERE hub = ?1 AND ?2 = ?1 AND (device, module) > (?3, ?4)",
+    };
+    format!("{RECORD_SQL} {filter} ORDER BY hub, device, module LIMIT ?5")
+}
+
+/// [`Store::noteworthy`]'s page, seeking from the cursor like [`identities_sql`]. Parameters:
+/// `?1..?3` the cursor, `?4` the limit.
+pub fn noteworthy_sql(after: bool) -> String {
+    let from = if after {
+        "(hub, device, module) > (?1, ?2, ?3)"
+    } else {
+        "?1 IS NULL"
+    };
+    format!(
+        "{RECORD_SQL} WHERE {from}
+           AND (outage_start IS NOT NULL OR flapping_since IS NOT NULL
+                OR history GLOB '*[ARMFQfq]*')
+         ORDER BY hub, device, module LIMIT ?4"
+    )
 }
 
 /// An identity's record: `record` maps these columns.

@@ -996,6 +996,60 @@ async fn a_quiet_hub_alerts_once_and_once_more_when_it_resumes(b: Backend) {
 // ---------------------------------------------------------------------------------------------
 // One test per (check, store)
 
+/// The dashboard's pass: `noteworthy` pages (small ones) give exactly the identities that
+/// `identities` gives filtered by `store::is_noteworthy` — offline, flapping, or an alert in the
+/// history — in the same order.
+async fn noteworthy_pages_are_the_offline_flapping_and_alerted_identities(b: Backend) {
+    let s = b.open().await;
+    let flappy = id("flappy");
+    let mut events = vec![
+        con(&id("quiet-1"), 1, 0),
+        con(&id("quiet-2"), 1, 0),
+        dis(&id("renewed"), 1, 0),
+        con(&id("renewed"), 2, 20),
+        dis(&id("down"), 1, 0),
+        dis(&id("was-down"), 1, 0),
+        dis(&Identity::new("hub", "quiet-1", Some("m")), 2, 0),
+        con(&id("gone"), 1, 0),
+        del(&id("gone"), 10),
+    ];
+    for i in 0..5u64 {
+        let t = i as i64 * 30;
+        events.push(dis(&flappy, 2 * i + 1, t));
+        events.push(con(&flappy, 2 * i + 2, t + 10));
+    }
+    s.apply(events, at(200)).await.unwrap();
+    claim_all(&*s, 400).await;
+    // Back after its alert: connected, with the alerts in its history.
+    outcomes(&*s, vec![con(&id("was-down"), 2, 450)], 450).await;
+    let want: Vec<Identity> = s
+        .identities(None, None, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(connmon::store::is_noteworthy)
+        .map(|r| r.identity)
+        .collect();
+    let names: Vec<&str> = want.iter().map(|i| i.device()).collect();
+    for must in ["down", "was-down", "flappy", "quiet-1"] {
+        assert!(names.contains(&must), "{must} missing from {names:?}");
+    }
+    for never in ["quiet-2", "renewed", "gone"] {
+        assert!(!names.contains(&never), "{never} in {names:?}");
+    }
+    let mut got = Vec::new();
+    let mut after = None;
+    for _ in 0..50 {
+        let (page, next) = s.noteworthy(after, 2).await.unwrap();
+        got.extend(page.into_iter().map(|r| r.identity));
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(got, want);
+}
+
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
         mod sqlite {
@@ -1031,4 +1085,5 @@ conformance!(
     counts_equal_the_classification_of_every_identity,
     hub_times_and_the_last_sweep_only_move_forward,
     a_quiet_hub_alerts_once_and_once_more_when_it_resumes,
+    noteworthy_pages_are_the_offline_flapping_and_alerted_identities,
 );

@@ -62,6 +62,47 @@ async fn the_sweep_query_uses_the_pending_index() {
 }
 
 #[tokio::test]
+async fn paging_through_identities_seeks_from_the_cursor() {
+    // A page after a cursor must start where the cursor is, not scan from the first identity:
+    // a dashboard pages through every identity, and a scan from the start made that quadratic.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let _store = open(&path);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    for (hub, after, seek) in [
+        (false, true, "(hub,device,module)>(?,?,?)"),
+        (true, true, "(hub=? AND (device,module)>(?,?))"),
+        (true, false, "(hub=?)"),
+    ] {
+        let sql = connmon::store::sqlite::identities_sql(hub, after);
+        check_plan(
+            &conn,
+            &sql,
+            rusqlite::params!["h", "h", "d", "", 10i64],
+            seek,
+        );
+    }
+    let sql = connmon::store::sqlite::noteworthy_sql(true);
+    let seek = "(hub,device,module)>(?,?,?)";
+    check_plan(&conn, &sql, rusqlite::params!["h", "d", "", 10i64], seek);
+}
+
+fn check_plan(conn: &rusqlite::Connection, sql: &str, params: impl rusqlite::Params, seek: &str) {
+    let plan: Vec<String> = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .unwrap()
+        .query_map(params, |r| r.get::<_, String>(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let plan = plan.join("; ");
+    assert!(
+        plan.contains("USING PRIMARY KEY") && plan.contains(seek),
+        "{sql}: {plan}"
+    );
+}
+
+#[tokio::test]
 async fn a_locked_database_fails_the_call_and_recovers_when_released() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.db");
