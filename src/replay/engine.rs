@@ -10,7 +10,9 @@
 //! the last event, ticks up to and including the last receipt time run. Events received in the
 //! same instant as a tick are applied before it.
 
-use crate::machine::{self, apply, claim_due, Alert, Claim, IdentityState, Outcome, Policy};
+use crate::machine::{
+    self, apply_in_place, claim_due, Alert, Claim, IdentityState, Outage, Outcome, Policy,
+};
 use crate::model::{ConnectionEvent, EventKind, Identity, Timestamp};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -77,9 +79,17 @@ impl Timeline {
     }
 }
 
-/// Watches a run: every applied transition (with the state it started from) and every claim.
+/// What an identity was before an event was applied to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Before {
+    pub connected: Option<bool>,
+    pub outage: Option<Outage>,
+}
+
+/// Watches a run: every applied event (what the identity was before, its state after, what
+/// happened).
 pub trait Observer {
-    fn applied(&mut self, _slot: u32, _before: &IdentityState, _t: &machine::Transition) {}
+    fn applied(&mut self, _slot: u32, _before: Before, _after: &IdentityState, _outcome: Outcome) {}
 }
 
 /// An observer that watches nothing.
@@ -177,38 +187,52 @@ pub fn run(
         let e = &mut scratch[slot];
         e.kind = ev.kind;
         e.time = Some(ev.time);
-        let before = match (e.identity.module(), device_slot[slot]) {
-            (Some(_), Some(d)) => {
-                machine::with_device_deletion(&states[slot], states[d as usize].deleted_at)
-            }
-            _ => states[slot].clone(),
+        let before = Before {
+            connected: states[slot].connected,
+            outage: states[slot].outage,
         };
-        let t = apply(&before, e, ev.received_at, policy);
-        observer.applied(ev.slot, &before, &t);
-        match t.outcome {
+        // A module sees its device's deletion (as the stores do): on a copy, kept only when the
+        // event changes the state, as production writes only then.
+        let device_deleted_at = match (e.identity.module(), device_slot[slot]) {
+            (Some(_), Some(d)) => states[d as usize].deleted_at,
+            _ => None,
+        };
+        let applied = match device_deleted_at {
+            Some(d) if states[slot].deleted_at.is_none_or(|own| own < d) => {
+                let mut s = machine::with_device_deletion(&states[slot], Some(d));
+                let a = apply_in_place(&mut s, e, ev.received_at, policy);
+                if a.outcome.changes_state() {
+                    states[slot] = s;
+                }
+                a
+            }
+            _ => apply_in_place(&mut states[slot], e, ev.received_at, policy),
+        };
+        let outcome = applied.outcome;
+        observer.applied(ev.slot, before, &states[slot], outcome);
+        match outcome {
             Outcome::ClosedSilently | Outcome::Restarted => out.suppressed_reconnects += 1,
             Outcome::Duplicate => out.duplicates += 1,
             Outcome::Stale => out.stale += 1,
             _ => {}
         }
-        if t.outcome == Outcome::Deleted {
+        if outcome == Outcome::Deleted {
+            let deleted = states[slot].clone();
             for &m in &families[slot] {
                 if m as usize != slot {
-                    states[m as usize] = t.state.clone();
+                    states[m as usize] = deleted.clone();
                 }
             }
             // A withdrawn alert that was not "delivered" yet: in a replay every alert counts as
             // delivered when raised, as with a healthy webhook.
         }
-        if let Some(a) = t.alert {
+        if let Some(a) = applied.alert {
             out.alerts.push(a);
         }
-        if !t.outcome.changes_state() {
+        if !outcome.changes_state() {
             continue;
         }
-        let next_due = t.state.due_at(policy);
-        states[slot] = t.state;
-        if let Some(d) = next_due {
+        if let Some(d) = states[slot].due_at(policy) {
             due.push(Reverse((d, ev.slot)));
         }
     }

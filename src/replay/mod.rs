@@ -19,9 +19,9 @@ pub mod input;
 pub mod report;
 
 use crate::alerts::AlertBody;
-use crate::machine::{self, AlertKind, Cadence, IdentityState, Outcome, Policy, Transition};
+use crate::machine::{self, AlertKind, Cadence, IdentityState, Outcome, Policy};
 use crate::model::Timestamp;
-use engine::{Observer, Timeline};
+use engine::{Before, Observer, Timeline};
 use input::Loaded;
 use report::{
     Bucket, DuplicateSuspect, Durations, FlappingEntry, GraceResult, IdentityReport, InputReport,
@@ -72,12 +72,12 @@ struct Gaps {
 }
 
 impl Observer for Gaps {
-    fn applied(&mut self, slot: u32, before: &IdentityState, t: &Transition) {
+    fn applied(&mut self, slot: u32, before: Before, after: &IdentityState, outcome: Outcome) {
         let slot = slot as usize;
-        let Some(at) = t.state.last_event_at else {
+        let Some(at) = after.last_event_at else {
             return;
         };
-        match t.outcome {
+        match outcome {
             Outcome::Opened | Outcome::Continued => self.disconnects[slot] += 1,
             Outcome::Restarted => {
                 self.disconnects[slot] += 1;
