@@ -200,7 +200,7 @@ fn replay_cmd(args: &[String]) -> Result<(), CliError> {
             let mut b = Vec::new();
             std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
                 .map_err(|e| CliError::Failed(format!("standard input: {e}")))?;
-            (b, false)
+            (input::Bytes::Owned(b), false)
         } else {
             input::read_file(std::path::Path::new(f)).map_err(CliError::Failed)?
         };

@@ -14,10 +14,10 @@
 //! order (`logs::sequence_by_time`) and the timeline says it was ordered by time.
 
 use super::engine::{TimedEvent, Timeline};
-use super::fast::{self, FastEvent};
+use super::jsonl;
 use crate::decode::{self, Decoded};
 use crate::logs::{self, LogConnection, LogDecoded};
-use crate::model::{ConnectionEvent, Identity, Timestamp};
+use crate::model::{ConnectionEvent, Identity};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -81,36 +81,103 @@ pub struct Loaded {
 /// Most rejection reasons kept for the report.
 const REJECTIONS_KEPT: usize = 10;
 
-/// FNV-1a: the identity index hashes short keys millions of times; SipHash's DoS resistance
-/// buys nothing for an operator's own files.
+/// A multiply-rotate hash of eight bytes at a time (the shape of rustc's FxHash): the identity
+/// indexes hash short keys millions of times; SipHash's DoS resistance buys nothing for an
+/// operator's own files.
 #[derive(Default)]
-struct Fnv(u64);
-impl Hasher for Fnv {
+pub(super) struct FastHasher(u64);
+
+impl FastHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for FastHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // The multiply leaves the low bits weak; the table picks buckets by them.
+        self.0.rotate_left(26)
     }
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            self.add(u64::from_le_bytes(w.try_into().expect("eight bytes")));
         }
-        self.0 = h;
+        let rest = words.remainder();
+        let mut last = [0u8; 8];
+        last[..rest.len()].copy_from_slice(rest);
+        self.add(u64::from_le_bytes(last) ^ ((rest.len() as u64) << 59));
     }
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+}
+
+pub(super) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
+/// What the general path made of one JSON value: events, log records, or why not.
+#[derive(Debug)]
+pub(super) enum Item {
+    Event(ConnectionEvent),
+    Log(LogDecoded),
+    Ignored,
+    Rejected(String),
+}
+
+/// Decodes one JSON value of an input (an event, a delivery array, a `{"records": [...]}` file, a
+/// record or Log Analytics row) into [`Item`]s, in order. Pure, so parser threads can run it.
+pub(super) fn decode_value(v: &Value, out: &mut Vec<Item>) {
+    match v {
+        Value::Array(items) => {
+            for item in items {
+                match item {
+                    Value::Object(o) => decode_object(o, out),
+                    _ => out.push(Item::Rejected("array element is not a JSON object".into())),
+                }
+            }
+        }
+        Value::Object(o) => decode_object(o, out),
+        _ => out.push(Item::Rejected(
+            "JSON value is neither an object nor an array".into(),
+        )),
+    }
+}
+
+fn decode_object(obj: &Map<String, Value>, out: &mut Vec<Item>) {
+    if let Some(Value::Array(records)) = obj.get("records") {
+        for r in records {
+            out.push(match r {
+                Value::Object(o) => Item::Log(logs::decode_record(o)),
+                _ => Item::Rejected("`records` element is not a JSON object".into()),
+            });
+        }
+        return;
+    }
+    if logs::is_record(obj) {
+        return out.push(Item::Log(logs::decode_record(obj)));
+    }
+    out.push(match decode::decode_event(obj) {
+        Decoded::Event(ev) if ev.time.is_none() => Item::Rejected(format!(
+            "event {} has no readable eventTime: it cannot be placed on the replay clock",
+            decode::clip(&ev.event_id)
+        )),
+        Decoded::Event(ev) => Item::Event(ev),
+        Decoded::Validation { .. } | Decoded::Ignored { .. } => Item::Ignored,
+        Decoded::Rejected { reason, .. } => Item::Rejected(reason),
+    });
 }
 
 /// Collects events from any number of inputs.
 #[derive(Default)]
 pub struct Loader {
-    index: HashMap<Box<[u8]>, u32, BuildHasherDefault<Fnv>>,
+    index: FastMap<Box<[u8]>, u32>,
     key: Vec<u8>,
     identities: Vec<Identity>,
     log_info: Vec<LogInfo>,
-    events: Vec<(u32, crate::model::EventKind, Timestamp)>,
+    events: Vec<TimedEvent>,
     log_records: Vec<LogConnection>,
     files: Vec<FileSummary>,
     ignored: u64,
@@ -118,15 +185,46 @@ pub struct Loader {
     rejections: Vec<String>,
 }
 
-/// Reads a file, undoing gzip (by its magic bytes, whatever the name).
-pub fn read_file(path: &std::path::Path) -> Result<(Vec<u8>, bool), String> {
-    let raw = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+/// An input's bytes: a regular file mapped into memory as it is, or bytes read or un-gzipped.
+pub enum Bytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// Reads a file, undoing gzip (by its magic bytes, whatever the name). A regular file is mapped
+/// rather than copied: replay reads hundreds of megabytes, and a copy costs about as much as
+/// parsing it.
+pub fn read_file(path: &std::path::Path) -> Result<(Bytes, bool), String> {
+    let fail = |e: std::io::Error| format!("{}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(fail)?;
+    let meta = file.metadata().map_err(fail)?;
+    let raw = if meta.is_file() && meta.len() > 0 {
+        // SAFETY: the mapping is read-only and private to this process. Its one hazard is the
+        // file changing under it while replay reads (a truncation faults the process, other
+        // writes change what is read); replay's inputs are recorded history, which nothing writes
+        // while it is being replayed (README, "connmon replay").
+        Bytes::Mapped(unsafe { memmap2::Mmap::map(&file) }.map_err(fail)?)
+    } else {
+        let mut v = Vec::new();
+        (&file).read_to_end(&mut v).map_err(fail)?;
+        Bytes::Owned(v)
+    };
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::with_capacity(raw.len() * 8);
         flate2::read::MultiGzDecoder::new(&raw[..])
             .read_to_end(&mut out)
             .map_err(|e| format!("{}: gzip: {e}", path.display()))?;
-        Ok((out, true))
+        Ok((Bytes::Owned(out), true))
     } else {
         Ok((raw, false))
     }
@@ -178,32 +276,19 @@ impl Loader {
             .unwrap_or_default();
         let jsonl = serde_json::from_slice::<serde::de::IgnoredAny>(first).is_ok();
         if jsonl {
-            let mut done = 0usize;
-            for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
-                done += line.len() + 1;
-                if n.is_multiple_of(65_536) {
-                    progress(done);
-                }
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                if let Some(ev) = fast::parse_line(line) {
-                    self.push_fast(&ev);
-                    continue;
-                }
-                match serde_json::from_slice::<Value>(line) {
-                    Ok(v) => self.add_value(&v),
-                    Err(e) => self.reject(format!("line {}: not JSON: {e}", n + 1)),
-                }
-            }
+            self.add_jsonl(bytes, progress);
             return Ok(());
         }
         let mut stream = serde_json::Deserializer::from_slice(bytes).into_iter::<Value>();
         let mut n = 0u64;
+        let mut items = Vec::new();
         loop {
             match stream.next() {
                 None => return Ok(()),
-                Some(Ok(v)) => self.add_value(&v),
+                Some(Ok(v)) => {
+                    decode_value(&v, &mut items);
+                    items.drain(..).for_each(|i| self.add_item(i));
+                }
                 Some(Err(e)) => {
                     return Err(format!("not JSON at byte {}: {e}", stream.byte_offset()))
                 }
@@ -228,61 +313,102 @@ impl Loader {
         Ok(())
     }
 
-    fn add_value(&mut self, v: &Value) {
-        match v {
-            Value::Array(items) => {
-                for item in items {
-                    match item {
-                        Value::Object(o) => self.add_object(o),
-                        _ => self.reject("array element is not a JSON object".into()),
-                    }
-                }
-            }
-            Value::Object(o) => self.add_object(o),
-            _ => self.reject("JSON value is neither an object nor an array".into()),
+    /// JSONL: the lines parsed on as many threads as there are (`jsonl::parse`), then merged in
+    /// input order.
+    fn add_jsonl(&mut self, bytes: &[u8], progress: &mut dyn FnMut(usize)) {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut first_line = 0;
+        for chunk in jsonl::parse(bytes, threads, progress) {
+            let lines = chunk.lines;
+            self.add_chunk(chunk, first_line);
+            first_line += lines;
         }
     }
 
-    fn add_object(&mut self, obj: &Map<String, Value>) {
-        if let Some(Value::Array(records)) = obj.get("records") {
-            for r in records {
-                match r {
-                    Value::Object(o) => self.add_log(logs::decode_record(o)),
-                    _ => self.reject("`records` element is not a JSON object".into()),
-                }
+    /// One chunk's events and lines, in input order: identities get their slots in the order
+    /// they first appear (whether on a fast line or a general one), exactly as if the lines had
+    /// been read one by one.
+    fn add_chunk(&mut self, chunk: jsonl::Chunk<'_>, first_line: usize) {
+        let jsonl::Chunk {
+            ids,
+            mut events,
+            general,
+            ..
+        } = chunk;
+        let fast_events = events.len() as u64;
+        let mut slots = Vec::with_capacity(ids.len());
+        let mut ids = ids.iter().peekable();
+        let mut intern_until = |this: &mut Self, line: usize, slots: &mut Vec<u32>| {
+            while let Some(id) = ids.next_if(|id| id.line < line) {
+                slots.push(this.intern(id.hub, id.device, id.module));
             }
-            return;
-        }
-        if logs::is_record(obj) {
-            return self.add_log(logs::decode_record(obj));
-        }
-        match decode::decode_event(obj) {
-            Decoded::Event(ev) => self.add_event(ev),
-            Decoded::Validation { .. } | Decoded::Ignored { .. } => self.ignore(),
-            Decoded::Rejected { reason, .. } => self.reject(reason),
-        }
-    }
-
-    fn add_event(&mut self, ev: ConnectionEvent) {
-        let Some(time) = ev.time else {
-            return self.reject(format!(
-                "event {} has no readable eventTime: it cannot be placed on the replay clock",
-                decode::clip(&ev.event_id)
-            ));
         };
-        let slot = self.intern(
-            ev.identity.hub(),
-            ev.identity.device(),
-            ev.identity.module(),
-        );
-        self.events.push((slot, ev.kind, time));
-        self.files.last_mut().expect("a file").events += 1;
+        if general.iter().all(|g| g.events == 0) {
+            // The common case: every event came from the fast path (and the chunk is sorted).
+            for g in general {
+                intern_until(self, g.line, &mut slots);
+                self.add_general(g, first_line);
+            }
+            intern_until(self, usize::MAX, &mut slots);
+            for e in &mut events {
+                e.slot = slots[e.slot as usize];
+            }
+            if self.events.is_empty() {
+                self.events = events;
+            } else {
+                self.events.append(&mut events);
+            }
+        } else {
+            let mut done = 0;
+            for g in general {
+                intern_until(self, g.line, &mut slots);
+                self.events
+                    .extend(events[done..g.at].iter().map(|e| TimedEvent {
+                        slot: slots[e.slot as usize],
+                        ..*e
+                    }));
+                done = g.at;
+                self.add_general(g, first_line);
+            }
+            intern_until(self, usize::MAX, &mut slots);
+            self.events
+                .extend(events[done..].iter().map(|e| TimedEvent {
+                    slot: slots[e.slot as usize],
+                    ..*e
+                }));
+        }
+        self.files.last_mut().expect("a file").events += fast_events;
     }
 
-    fn push_fast(&mut self, ev: &FastEvent<'_>) {
-        let slot = self.intern(ev.hub, ev.device, ev.module);
-        self.events.push((slot, ev.kind, ev.time));
-        self.files.last_mut().expect("a file").events += 1;
+    /// A line that took the general path.
+    fn add_general(&mut self, g: jsonl::General, first_line: usize) {
+        match g.items {
+            Ok(items) => items.into_iter().for_each(|i| self.add_item(i)),
+            Err(e) => self.reject(format!("line {}: not JSON: {e}", first_line + g.line + 1)),
+        }
+    }
+
+    fn add_item(&mut self, item: Item) {
+        match item {
+            Item::Event(ev) => {
+                let slot = self.intern(
+                    ev.identity.hub(),
+                    ev.identity.device(),
+                    ev.identity.module(),
+                );
+                let time = ev.time.expect("events without a time are rejected");
+                self.events.push(TimedEvent {
+                    slot,
+                    kind: ev.kind,
+                    time,
+                    received_at: time,
+                });
+                self.files.last_mut().expect("a file").events += 1;
+            }
+            Item::Log(r) => self.add_log(r),
+            Item::Ignored => self.ignore(),
+            Item::Rejected(reason) => self.reject(reason),
+        }
     }
 
     fn add_log(&mut self, r: LogDecoded) {
@@ -350,24 +476,21 @@ impl Loader {
             if !r.connected && r.forcefully_closed() {
                 info.forceful_closes += 1;
             }
-            self.events
-                .push((slot, ev.kind, ev.time.expect("log events have times")));
+            let time = ev.time.expect("log events have times");
+            self.events.push(TimedEvent {
+                slot,
+                kind: ev.kind,
+                time,
+                received_at: time,
+            });
         }
         let ordered_by = match (self.events.is_empty(), records.is_empty()) {
             (true, _) => None,
             (false, true) => Some(OrderedBy::Sequence),
             (false, false) => Some(OrderedBy::Time),
         };
-        let mut events: Vec<TimedEvent> = self
-            .events
-            .into_iter()
-            .map(|(slot, kind, time)| TimedEvent {
-                slot,
-                kind,
-                time,
-                received_at: time,
-            })
-            .collect();
+        // Stable, and linear on what is already in order: each parser thread sorted its chunk.
+        let mut events = self.events;
         events.sort_by_key(|e| e.received_at);
         Loaded {
             timeline: Timeline {
