@@ -293,13 +293,14 @@ impl<'a> Cursor<'a> {
 }
 
 /// The length of the string body at the start of `s` (up to its closing quote), when it is plain
-/// ASCII: no `\`, no control character, no byte of 0x80 or above. Eight bytes at a time until a
-/// word holds anything but plain characters, then byte by byte.
+/// ASCII: no `\`, no control character, no byte of 0x80 or above. Eight bytes at a time: in a word
+/// that holds anything but plain characters, the lowest flagged byte is the first such byte (the
+/// tests below may also flag bytes above it, never below), so it says at once whether the string
+/// ends there or leaves the fast path.
 fn plain_len(s: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    // Non-zero when some byte of `x` is below `n` (n <= 128); may also flag bytes above such a
-    // byte, which only sends the word to the byte loop.
+    // Flags the bytes of `x` below `n` (n <= 128).
     let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH;
     let mut i = 0;
     while let Some(word) = s.get(i..i + 8) {
@@ -309,7 +310,8 @@ fn plain_len(s: &[u8]) -> Option<usize> {
             | below(w, 0x20)
             | (w & HIGH);
         if special != 0 {
-            break;
+            let at = i + special.trailing_zeros() as usize / 8;
+            return (s[at] == b'"').then_some(at);
         }
         i += 8;
     }
@@ -421,6 +423,9 @@ mod tests {
             (b"abcdefghij\x01\"", None),
             (b"abcdefghij\x7f\"", Some(11)),
             (b"abc\xc3\xa9defghij\"", None),
+            (b"abcdefg\x00\"", None),
+            (b"abcdefghijklmno\xff\"", None),
+            (b"\"\x00\\\xff\x01abc", Some(0)),
         ] {
             assert_eq!(plain_len(s), want, "{:?}", String::from_utf8_lossy(s));
         }
