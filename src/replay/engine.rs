@@ -112,11 +112,11 @@ pub struct RunResult {
 }
 
 /// Runs the timeline through the machine under `policy`, sweeping every `sweep_every`.
-pub fn run(
+pub fn run<O: Observer>(
     tl: &Timeline,
     policy: &Policy,
     sweep_every: Duration,
-    observer: &mut dyn Observer,
+    observer: &mut O,
 ) -> RunResult {
     let period = (sweep_every.as_millis() as i64).max(1);
     let tick_of = |due: Timestamp| {
@@ -129,6 +129,10 @@ pub fn run(
                 },
         )
     };
+    // The clock stops at the last receipt: what falls due after it is never swept, so it is not
+    // queued (the analysis pass, whose grace is 30 days, queues nothing).
+    let end = tl.events.iter().map(|e| e.received_at).max();
+    let reachable = |d: &Timestamp| end.is_some_and(|end| tick_of(*d) <= end);
     let families = tl.families();
     let device_slot = tl.device_slots();
     let mut states = vec![IdentityState::default(); tl.identities.len()];
@@ -174,7 +178,7 @@ pub fn run(
                     Claim::Snooze(next) => *s = next,
                     Claim::NotDue => continue,
                 }
-                if let Some(d) = s.due_at(policy).filter(|d| *d > at) {
+                if let Some(d) = s.due_at(policy).filter(|d| *d > at && reachable(d)) {
                     due.push(Reverse((d, slot)));
                 }
             }
@@ -232,11 +236,11 @@ pub fn run(
         if !outcome.changes_state() {
             continue;
         }
-        if let Some(d) = states[slot].due_at(policy) {
+        if let Some(d) = states[slot].due_at(policy).filter(reachable) {
             due.push(Reverse((d, ev.slot)));
         }
     }
-    if let Some(end) = tl.events.iter().map(|e| e.received_at).max() {
+    if let Some(end) = end {
         sweep(end, true, &mut states, &mut due, &mut out);
     }
     out.open_at_end = states
