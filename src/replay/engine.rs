@@ -156,6 +156,11 @@ pub fn run<O: Observer>(
                  due: &mut BinaryHeap<Reverse<(Timestamp, u32)>>,
                  out: &mut RunResult| {
         while let Some(&Reverse((first, _))) = due.peek() {
+            // A tick is never before what falls due at it: most events end here, without the
+            // division of `tick_of`.
+            if first > limit || (!inclusive && first == limit) {
+                break;
+            }
             let tick = tick_of(first);
             if tick > limit || (!inclusive && tick == limit) {
                 break;
