@@ -32,7 +32,8 @@ FILE (gzip detected by content; `-` reads standard input) holds any of:
     dead-letter envelopes;
   IoT Hub Connections resource logs: {\"records\": [...]}, concatenated objects, JSONL, `properties`
     as an object or a string; Log Analytics exports of AzureDiagnostics as JSON or CSV
-    (TimeGenerated, OperationName, ResultType, ResultDescription, DeviceId, Protocol, SDKVersion).
+    (TimeGenerated, OperationName, ResultType, ResultDescription, DeviceId, Protocol, SDKVersion),
+    or the Log Analytics query API's answer {\"tables\": [{\"columns\": [...], \"rows\": [...]}]}.
   Resource logs carry no sequence numbers: they are ordered by time, and the report says so.
 
 options:

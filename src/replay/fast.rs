@@ -8,7 +8,7 @@
 //! and no byte outside ASCII, whose numbers are plain integers, with the exact event type, a
 //! non-empty `data.hubName` without surrounding blanks, ids that `decode::check_id` accepts, a
 //! valid sequence number and a readable `eventTime`; each of the fields read appears once, and no
-//! key makes the general path read the object as a resource-log record (`records`,
+//! key makes the general path read the object as resource logs (`records`, `tables`,
 //! `operationName`). Anything else (CloudEvents, escapes, other types, odd values, several lines'
 //! worth of JSON) returns `None` and the caller takes the general path, so the two cannot
 //! disagree; `tests/it/replay.rs` holds them equal.
@@ -203,7 +203,7 @@ impl<'a> Cursor<'a> {
             b"eventTime" => once(&mut f.event_time, c.string()?),
             b"data" => once(&mut f.data, c.data()?),
             // The general path reads such an object as resource logs.
-            b"records" => None,
+            b"records" | b"tables" => None,
             k if names_operation(k) => None,
             _ => c.skip(1),
         })?;
@@ -445,6 +445,7 @@ mod tests {
             ok.replace("true", "tru"),
             ok.replace("[1,", "[1,,"),
             ok.replace(r#""n":"#, r#""records":"#),
+            ok.replace(r#""n":"#, r#""tables":"#),
             ok.replace(r#""n":"#, r#""OperationName":"#),
             ok.replace(r#""hubName":"h""#, r#""hubName":"h","hubName":"h""#),
             ok.replace(r#""d""#, r#""d\u0041""#),

@@ -6,8 +6,8 @@
 //!   stream of JSON values (one document, or concatenated objects as storage exports write them).
 //!   Each value is an Event Grid / CloudEvents event or delivery (through `decode::decode_event`,
 //!   the production decoder; dead-letter envelopes are events with extra fields), a
-//!   `{"records": [...]}` resource-log file, a record, or an array of Log Analytics rows
-//!   (through `logs::decode_record`);
+//!   `{"records": [...]}` resource-log file, a record, an array of Log Analytics rows, or a Log
+//!   Analytics query API answer `{"tables": [...]}` (through `logs::decode_record`);
 //! - anything else: a CSV export of a Log Analytics query (`logs::decode_csv`).
 //!
 //! Event Grid events keep their sequence numbers; resource-log records get synthesised ones in time
@@ -155,6 +155,9 @@ fn decode_object(obj: &Map<String, Value>, out: &mut Vec<Item>) {
             });
         }
         return;
+    }
+    if let Some(rows) = logs::decode_query_response(obj) {
+        return out.extend(rows.into_iter().map(Item::Log));
     }
     if logs::is_record(obj) {
         return out.push(Item::Log(logs::decode_record(obj)));

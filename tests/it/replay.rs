@@ -336,6 +336,49 @@ fn replay_resource_logs_jsonl_and_log_analytics_exports() {
 }
 
 #[test]
+fn replay_log_analytics_query_api_answer_replays_like_the_csv_export() {
+    let api_path = "replay/la-query-api-response.json";
+    let csv_path = "replay/la-azurediagnostics-export.csv";
+    let (_, api) = replay_inputs(&[(api_path, fixture(api_path))], &[mins(2), mins(5)]);
+    check_pump_history(
+        api_path,
+        &api,
+        &Identity::new("contosohub", "twin,ned", None),
+    );
+    assert_eq!(api.input.ignored, 1, "the c2dCommands row");
+    assert_eq!(api.input.rejected, 0, "{:?}", api.input.rejections);
+    assert_eq!(api.input.files[0].format, "resource-logs");
+    let (_, csv) = replay_inputs(&[(csv_path, fixture(csv_path))], &[mins(2), mins(5)]);
+    // Everything but the file names and formats is the same.
+    let without_files = |r: &Report| {
+        let mut v = serde_json::to_value(r).unwrap();
+        v["input"]["files"] = Value::Null;
+        v
+    };
+    assert_eq!(without_files(&api), without_files(&csv));
+    // The same answer on one line (a JSONL file of answers) reads the same.
+    let one_line: Value = serde_json::from_slice(&fixture(api_path)).unwrap();
+    let (_, again) = replay_inputs(
+        &[("answer.jsonl", format!("{one_line}\n").into_bytes())],
+        &[mins(2), mins(5)],
+    );
+    assert_eq!(without_files(&again), without_files(&api));
+    // A row of the wrong length is rejected, not misread.
+    let mut short = one_line.clone();
+    short["tables"][0]["rows"][0] = json!(["2026-11-27T10:00:00Z"]);
+    let (_, r) = replay_inputs(
+        &[("short.json", short.to_string().into_bytes())],
+        &[mins(5)],
+    );
+    assert_eq!((r.input.events, r.input.rejected), (6, 1));
+    assert!(
+        r.input.rejections[0].contains("not an array of 13 cells"),
+        "{:?}",
+        r.input.rejections
+    );
+}
+
+#[test]
 fn replay_refuses_files_that_are_neither_json_nor_an_export() {
     let mut loader = input::Loader::new();
     let err = loader
