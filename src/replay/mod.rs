@@ -50,13 +50,35 @@ pub struct Options {
     pub graces: Vec<Duration>,
     /// The modelled sweep timer (standalone default 30 s).
     pub sweep_every: Duration,
+    /// The settings besides the grace that change what is alerted, as the service takes them
+    /// (`CONNMON_FLAP_THRESHOLD`, `CONNMON_FLAP_WINDOW`, `CONNMON_REMIND_EVERY`); connmon's
+    /// defaults unless given.
+    pub flap_threshold: usize,
+    pub flap_window: Duration,
+    pub remind_every: Option<Duration>,
 }
 
 impl Default for Options {
     fn default() -> Self {
+        let defaults = Policy::new(DEFAULT_GRACE);
         Options {
             graces: vec![DEFAULT_GRACE],
             sweep_every: Duration::from_secs(30),
+            flap_threshold: defaults.flap_threshold,
+            flap_window: defaults.flap_window,
+            remind_every: defaults.remind_every,
+        }
+    }
+}
+
+impl Options {
+    /// The policy a replay runs at `grace`: connmon's defaults with these settings.
+    pub fn policy(&self, grace: Duration) -> Policy {
+        Policy {
+            flap_threshold: self.flap_threshold,
+            flap_window: self.flap_window,
+            remind_every: self.remind_every,
+            ..Policy::new(grace)
         }
     }
 }
@@ -213,7 +235,8 @@ pub fn analyse(loaded: &Loaded, opts: &Options) -> Report {
     let mut requested = opts.graces.clone();
     requested.sort();
     requested.dedup();
-    let run_at = |g: Duration| engine::run(tl, &policy(g), opts.sweep_every, &mut engine::Quiet);
+    let run_at =
+        |g: Duration| engine::run(tl, &opts.policy(g), opts.sweep_every, &mut engine::Quiet);
     // The requested grace periods run on threads of their own while this one makes the analysis
     // pass; the recommended grace, known only after it, follows on this thread when it was not
     // requested. The runs share nothing but the timeline.
@@ -231,7 +254,7 @@ pub fn analyse(loaded: &Loaded, opts: &Options) -> Report {
         // Never claims anything: the longest grace the settings accept.
         let open = engine::run(
             tl,
-            &policy(Duration::from_secs(30 * 24 * 3600)),
+            &opts.policy(Duration::from_secs(30 * 24 * 3600)),
             opts.sweep_every,
             &mut gaps,
         );
@@ -390,6 +413,11 @@ pub fn analyse(loaded: &Loaded, opts: &Options) -> Report {
             files: loaded.files.iter().map(report::FileReport::from).collect(),
         },
         sweep_seconds: opts.sweep_every.as_secs() as i64,
+        policy: report::PolicyReport {
+            flap_threshold: opts.flap_threshold as u64,
+            flap_window_seconds: opts.flap_window.as_secs() as i64,
+            remind_every_seconds: opts.remind_every.map(|d| d.as_secs() as i64),
+        },
         grace_periods: results,
         recommended_grace_seconds: recommended.as_secs() as i64,
         recommendation: why,

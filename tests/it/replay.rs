@@ -889,6 +889,97 @@ fn replay_text_report_says_how_it_ordered() {
 }
 
 #[test]
+fn replay_flags_carry_the_services_flapping_and_reminder_settings() {
+    let sim = simulate::generate(&Config {
+        identities: 60,
+        outages: 3,
+        outage_durations: vec![mins(45)],
+        ping_pong: 2,
+        seed: 3,
+        ..Config::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let history = dir.path().join("history.jsonl");
+    let lines: Vec<String> = sim
+        .deliveries
+        .iter()
+        .map(|d| simulate::event_grid_json(&sim, d).to_string())
+        .collect();
+    std::fs::write(&history, lines.join("\n")).unwrap();
+    let replay = |extra: &[&str]| -> Value {
+        let mut args = vec![os("replay"), history.as_os_str(), os("--grace"), os("5m")];
+        args.extend(extra.iter().map(|a| os(a)));
+        args.push(os("--json"));
+        serde_json::from_str(&connmon_ok(&args).0).unwrap()
+    };
+    let count = |r: &Value, kind: &str| {
+        r["gracePeriods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["graceSeconds"] == 300)
+            .unwrap()["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["kind"] == kind)
+            .count()
+    };
+    let default = replay(&[]);
+    assert_eq!(
+        default["policy"],
+        json!({"flapThreshold": 5, "flapWindowSeconds": 1800, "remindEverySeconds": null})
+    );
+    let flapping = count(&default, "flapping");
+    assert!(flapping > 0, "the ping-pong identities flap");
+    assert_eq!(count(&default, "reminder"), 0);
+    // A threshold no reconnect rhythm reaches: no flapping at all.
+    let strict = replay(&["--flap-threshold", "64"]);
+    assert_eq!(strict["policy"]["flapThreshold"], 64);
+    assert_eq!(count(&strict, "flapping"), 0);
+    assert!(strict["flapping"].as_array().unwrap().is_empty());
+    // A looser rule (two silent reconnects in two hours) flags more identities.
+    let loose = replay(&["--flap-threshold=2", "--flap-window", "2h"]);
+    assert_eq!(loose["policy"]["flapWindowSeconds"], 7200);
+    assert!(count(&loose, "flapping") > flapping);
+    // Reminders for the 45-minute outages, the same outages alerted.
+    let remind = replay(&["--remind-every", "10m"]);
+    assert_eq!(remind["policy"]["remindEverySeconds"], 600);
+    assert!(
+        count(&remind, "reminder") >= 3 * 3,
+        "three outages, 40 minutes past grace"
+    );
+    assert_eq!(
+        count(&remind, "disconnected"),
+        count(&default, "disconnected")
+    );
+    let (text, _) = connmon_ok(&[
+        os("replay"),
+        history.as_os_str(),
+        os("--flap-threshold"),
+        os("3"),
+        os("--remind-every"),
+        os("1h"),
+    ]);
+    assert!(
+        text.contains("flapping at 3 silent reconnects in 30m; reminders every 1h"),
+        "{text}"
+    );
+    // Out of the service's ranges: refused, naming the range.
+    for (flag, v, says) in [
+        ("--flap-threshold", "1", "from 2 to 64"),
+        ("--flap-threshold", "x", "not a whole number"),
+        ("--flap-window", "30s", "from 1m to 7d"),
+        ("--remind-every", "31d", "from 1m to 30d"),
+    ] {
+        let out = connmon(&[os("replay"), history.as_os_str(), os(flag), os(v)]);
+        assert_eq!(out.status.code(), Some(2), "{flag} {v}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag) && err.contains(says), "{err}");
+    }
+}
+
+#[test]
 fn replay_command_line_errors_and_help() {
     let run = |args: &[&str]| connmon(&args.iter().map(|a| os(a)).collect::<Vec<_>>());
     let out = run(&["replay"]);
