@@ -979,6 +979,76 @@ fn replay_flags_carry_the_services_flapping_and_reminder_settings() {
     }
 }
 
+/// A history over the 32 MB at which the progress bar starts: one simulated day of 200 devices,
+/// copied onto twelve hubs (so the copies are other identities, not duplicates).
+fn history_over_32_mb(path: &std::path::Path) {
+    let sim = simulate::generate(&Config {
+        identities: 200,
+        outages: 2,
+        ..Config::default()
+    });
+    let day: Vec<String> = sim
+        .deliveries
+        .iter()
+        .map(|d| simulate::event_grid_json(&sim, d).to_string())
+        .collect();
+    let day = day.join("\n") + "\n";
+    let mut text = String::new();
+    for hub in 0..12 {
+        text.push_str(&day.replace("\"sim-hub\"", &format!("\"hub-{hub}\"")));
+    }
+    assert!(text.len() > 32 << 20, "{} bytes", text.len());
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn replay_progress_bar_is_drawn_on_a_terminal_only() {
+    // A real pseudo-terminal: util-linux `script` runs the command with its standard streams on a
+    // new pty and copies what the terminal shows to its own stdout.
+    let script = Command::new("script").arg("--version").output();
+    assert!(
+        script.is_ok_and(|o| o.status.success()),
+        "this test needs `script` from util-linux (Debian: apt-get install bsdutils) to give \
+         connmon a terminal"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let history = dir.path().join("history.jsonl");
+    history_over_32_mb(&history);
+    let report = dir.path().join("report.json");
+    let command = format!(
+        "'{}' replay '{}' --json > '{}'",
+        env!("CARGO_BIN_EXE_connmon"),
+        history.display(),
+        report.display()
+    );
+    let out = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let terminal = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{terminal}");
+    // Only stderr is on the terminal (stdout went to the file): the bar, redrawn with \r, ending
+    // full, then a new line.
+    let full = format!("[{}] 100.0% of ", "#".repeat(40));
+    assert!(terminal.contains(&full), "{terminal:?}");
+    assert!(terminal.starts_with('\r'), "{terminal:?}");
+    assert!(terminal.trim_end().ends_with(" MB"), "{terminal:?}");
+    let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["input"]["identities"], 12 * 200);
+
+    // Standard error not a terminal: not a byte of the bar.
+    let out = connmon(&[os("replay"), history.as_os_str(), os("--json")]);
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let piped: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(piped, r, "the same report either way");
+}
+
 #[test]
 fn replay_command_line_errors_and_help() {
     let run = |args: &[&str]| connmon(&args.iter().map(|a| os(a)).collect::<Vec<_>>());
