@@ -452,7 +452,7 @@ mod tests {
             format!("{ok},"),
             format!("[{ok}]"),
             format!("{ok}\n"),
-            format!("{}", &ok[..ok.len() - 1]),
+            ok[..ok.len() - 1].to_string(),
         ] {
             assert!(parse_line(bad.as_bytes()).is_none(), "{bad}");
         }
