@@ -27,6 +27,18 @@ pub struct TimedEvent {
     pub received_at: Timestamp,
 }
 
+impl TimedEvent {
+    /// An event of recorded history: received at its own time.
+    pub fn recorded(slot: u32, kind: EventKind, time: Timestamp) -> TimedEvent {
+        TimedEvent {
+            slot,
+            kind,
+            time,
+            received_at: time,
+        }
+    }
+}
+
 /// Recorded or simulated history, ready to run at any policy.
 #[derive(Debug, Clone, Default)]
 pub struct Timeline {

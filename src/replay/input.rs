@@ -396,12 +396,7 @@ impl Loader {
                     ev.identity.module(),
                 );
                 let time = ev.time.expect("events without a time are rejected");
-                self.events.push(TimedEvent {
-                    slot,
-                    kind: ev.kind,
-                    time,
-                    received_at: time,
-                });
+                self.events.push(TimedEvent::recorded(slot, ev.kind, time));
                 self.files.last_mut().expect("a file").events += 1;
             }
             Item::Log(r) => self.add_log(r),
@@ -476,12 +471,7 @@ impl Loader {
                 info.forceful_closes += 1;
             }
             let time = ev.time.expect("log events have times");
-            self.events.push(TimedEvent {
-                slot,
-                kind: ev.kind,
-                time,
-                received_at: time,
-            });
+            self.events.push(TimedEvent::recorded(slot, ev.kind, time));
         }
         let ordered_by = match (self.events.is_empty(), records.is_empty()) {
             (true, _) => None,

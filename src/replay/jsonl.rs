@@ -145,12 +145,9 @@ fn parse_chunk<'a>(part: &'a [u8], done: &AtomicUsize) -> Chunk<'a> {
                         slot
                     }
                 };
-                chunk.events.push(TimedEvent {
-                    slot,
-                    kind: ev.kind,
-                    time: ev.time,
-                    received_at: ev.time,
-                });
+                chunk
+                    .events
+                    .push(TimedEvent::recorded(slot, ev.kind, ev.time));
                 end
             }
             None => {
