@@ -514,6 +514,20 @@ fn replay_fast_path_agrees_with_the_production_decoder() {
             "data.deviceConnectionStateEventInfo.sequenceNumber",
             json!("12"),
         ),
+        // Members the fast path skips, of every JSON kind, and keys that make it step aside.
+        (
+            "extra",
+            json!({"a": [1, -2, {"b": null}], "t": true, "f": false, "s": ""}),
+        ),
+        ("data.extra", json!([[], {}, 0, "x"])),
+        ("data.deviceConnectionStateEventInfo.extra", json!(12345)),
+        ("extra", json!(1.5)),
+        ("extra", json!("with \"escapes\"")),
+        ("records", json!([])),
+        ("tables", json!([])),
+        ("operationName", json!("deviceConnect")),
+        ("data.deviceId", json!("dévice")),
+        ("data", json!([])),
     ];
     let mut lines = vec![base.clone()];
     for (path, v) in variants {
@@ -540,9 +554,64 @@ fn replay_fast_path_agrees_with_the_production_decoder() {
         }
     }
     assert!(
-        fast_hits >= 6,
+        fast_hits >= 9,
         "the common shapes take the fast path ({fast_hits})"
     );
+}
+
+#[test]
+fn replay_parallel_jsonl_loads_like_the_sequential_general_path() {
+    // A history whose lines take both paths: the same objects once as JSONL (parsed on all
+    // threads, fast path where it can) and once as one JSON array (one line, the general path,
+    // in order). Identities, events in order (ties included), counts and reports must agree.
+    let sim = simulate::generate(&Config {
+        identities: 200,
+        outages: 3,
+        ping_pong: 2,
+        seed: 11,
+        ..Config::default()
+    });
+    let mut objects = Vec::new();
+    for (i, d) in sim.deliveries.iter().enumerate() {
+        let mut e = simulate::event_grid_json(&sim, d);
+        match i % 23 {
+            0 => {
+                e = json!({"specversion": "1.0", "id": e["id"], "type": e["eventType"],
+                           "source": e["topic"], "subject": e["subject"], "time": e["eventTime"],
+                           "data": e["data"]})
+            }
+            1 => e["data"]["hubName"] = json!("SIM-HUB"),
+            2 => {
+                e["data"]["deviceId"] =
+                    json!(format!("{}-é", e["data"]["deviceId"].as_str().unwrap()))
+            }
+            3 => e["eventType"] = json!("Microsoft.Devices.DeviceCreated"),
+            4 => e["topic"] = json!(format!("{}\"", e["topic"].as_str().unwrap())),
+            5 => {
+                e = json!({"time": e["eventTime"], "resourceId": "/X/IOTHUBS/LOGHUB",
+                           "operationName": "deviceConnect", "category": "Connections",
+                           "properties": {"deviceId": format!("log-{}", i % 7)}})
+            }
+            _ => {}
+        }
+        objects.push(e);
+    }
+    let jsonl: Vec<String> = objects.iter().map(Value::to_string).collect();
+    let jsonl = jsonl.join("\n").into_bytes();
+    assert!(jsonl.len() > 2 << 20, "big enough for two chunks");
+    let array = serde_json::to_vec(&objects).unwrap();
+    let (par, par_report) = replay_inputs(&[("h.jsonl", jsonl)], &[mins(2), mins(5)]);
+    let (seq, seq_report) = replay_inputs(&[("h.json", array)], &[mins(2), mins(5)]);
+    assert_eq!(par.timeline.identities, seq.timeline.identities);
+    assert_eq!(par.timeline.events, seq.timeline.events);
+    assert_eq!(par.log_info, seq.log_info);
+    assert!(par_report.input.ignored > 0 && par_report.input.events > 4_000);
+    let without_files = |r: &Report| {
+        let mut v = serde_json::to_value(r).unwrap();
+        v["input"]["files"] = Value::Null;
+        v
+    };
+    assert_eq!(without_files(&par_report), without_files(&seq_report));
 }
 
 #[test]
