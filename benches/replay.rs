@@ -1,14 +1,19 @@
 //! Replay benchmark (issue 8, item 4): events per second from JSONL history through
-//! `connmon replay`'s stages, in memory, on one thread.
+//! `connmon replay`'s stages, in memory.
 //!
 //! Input: `simulate` output (one compact Event Grid event a line, ~520 bytes, in delivery order with
 //! duplicates and reordering) for a fleet sized to give at least `--events` events (default
 //! 1,000,000). Stages, each timed separately and end to end:
-//! - `load`: `input::Loader::add` + `finish` — the fast JSONL path, identity interning, sorting;
+//! - `baseline`: `serde_json` validating each line into `IgnoredAny`, one thread — a yardstick
+//!   independent of connmon's code, measured in the same run, for noisy machines;
+//! - `parse only`: `fast::parse_line` on each line, one thread;
+//! - `load`: `input::Loader::add` + `finish` — JSONL parsed on all threads, identity interning,
+//!   sorting;
 //! - `run`: one `engine::run` at one grace period (the machine + the sweep timer);
-//! - `total`: load + `replay::analyse` with one requested grace (which runs the machine three times:
-//!   the analysis pass, the requested grace and the recommended one), i.e. `connmon replay FILE`
-//!   without writing the report.
+//! - `analyse`: `replay::analyse` with one requested grace (5m): the analysis pass and the run at
+//!   the requested grace in parallel, a run at the recommended grace when it differs, the report;
+//! - `total`: load + analyse, i.e. `connmon replay FILE` without reading the file and writing the
+//!   report.
 //!
 //! Run: `cargo bench --bench replay` (`-- --events 2000000 --reps 5`). Smoke (20,000 events, one
 //! repetition): `cargo bench --bench replay -- --smoke`, or `cargo test --benches`.
@@ -55,9 +60,25 @@ fn main() {
         bytes.len() / n
     );
 
-    let (mut load, mut run, mut total) = (Vec::new(), Vec::new(), Vec::new());
-    let mut parse = Vec::new();
+    let loadavg = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|_| "?".into())
+    };
+    println!("load average before: {}", loadavg());
+    let (mut load, mut run, mut analyse, mut total) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut validate, mut parse) = (Vec::new(), Vec::new());
     for _ in 0..reps {
+        // The baseline, independent of connmon's code: serde_json validating every line.
+        let t = Instant::now();
+        let valid = bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| serde_json::from_slice::<serde::de::IgnoredAny>(l).is_ok())
+            .count();
+        validate.push(n as f64 / t.elapsed().as_secs_f64());
+        assert_eq!(valid, n);
+
         let t = Instant::now();
         let parsed = bytes
             .split(|b| *b == b'\n')
@@ -94,11 +115,23 @@ fn main() {
         let eps = |d: Duration| n as f64 / d.as_secs_f64();
         load.push(eps(loaded_in));
         run.push(eps(run_in));
+        analyse.push(eps(analyse_in));
         total.push(eps(loaded_in + analyse_in));
     }
-    println!("stage                          median events/s (of {reps})");
-    println!("parse only (1 thread, fast path){:>11.0}", median(parse));
-    println!("load (parse JSONL + order)     {:>12.0}", median(load));
-    println!("run (machine + sweeps, 1 grace){:>12.0}", median(run));
-    println!("total (load + analyse)         {:>12.0}", median(total));
+    println!("load average after: {}", loadavg());
+    let baseline = median(validate.clone());
+    println!(
+        "stage                                     median events/s (of {reps})   ratio to baseline"
+    );
+    for (name, v) in [
+        ("baseline: serde_json validates (1 thread)", validate),
+        ("parse only (1 thread, fast path)         ", parse),
+        ("load (parse on all threads + order)      ", load),
+        ("run (machine + sweeps, 1 grace)          ", run),
+        ("analyse (analysis pass + runs + report)  ", analyse),
+        ("total (load + analyse)                   ", total),
+    ] {
+        let m = median(v);
+        println!("{name} {m:>12.0}   {:>5.2}", m / baseline);
+    }
 }

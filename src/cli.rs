@@ -32,17 +32,24 @@ FILE (gzip detected by content; `-` reads standard input) holds any of:
     dead-letter envelopes;
   IoT Hub Connections resource logs: {\"records\": [...]}, concatenated objects, JSONL, `properties`
     as an object or a string; Log Analytics exports of AzureDiagnostics as JSON or CSV
-    (TimeGenerated, OperationName, ResultType, ResultDescription, DeviceId, Protocol, SDKVersion).
+    (TimeGenerated, OperationName, ResultType, ResultDescription, DeviceId, Protocol, SDKVersion),
+    or the Log Analytics query API's answer {\"tables\": [{\"columns\": [...], \"rows\": [...]}]}.
   Resource logs carry no sequence numbers: they are ordered by time, and the report says so.
 
 options:
   --grace LIST    grace periods to report on, e.g. 2m,5m,10m (default 5m); the recommended one is
                   always added
   --sweep DUR     the sweep timer modelled (default 30s, the standalone default)
+  --flap-threshold N   silent reconnects within the flap window that raise `flapping`, 2 to 64
+                  (default 5; the service's CONNMON_FLAP_THRESHOLD)
+  --flap-window DUR    the flapping window, 1m to 7d (default 30m; CONNMON_FLAP_WINDOW)
+  --remind-every DUR   repeat still-open `disconnected` alerts this often, 1m to 30d (default:
+                  never; CONNMON_REMIND_EVERY)
   --json          print the report as JSON instead of text
   --html FILE     also write the report as a self-contained HTML page with an SVG histogram
   -h, --help      this help
-Durations: 90s, 5m, 1h30m, plain seconds 300, or 00:05:00.
+Durations: 90s, 5m, 1h30m, plain seconds 300, or 00:05:00. Give the settings your service runs
+with, so the replay decides as it would.
 ";
 
 pub const SIMULATE_USAGE: &str = "\
@@ -152,6 +159,20 @@ fn durations(flag: &str, v: &str) -> Result<Vec<Duration>, CliError> {
         .collect()
 }
 
+/// One duration between `min` and `max` seconds: the range the service's setting of the same
+/// name accepts (settings.rs).
+fn bounded(flag: &str, v: &str, min: u64, max: u64) -> Result<Duration, CliError> {
+    let d = durations(flag, v)?;
+    match d[..] {
+        [d] if (min..=max).contains(&d.as_secs()) => Ok(d),
+        _ => Err(usage(format!(
+            "{flag}: `{v}` is not one duration from {} to {}",
+            human(min as i64),
+            human(max as i64)
+        ))),
+    }
+}
+
 fn number<T: std::str::FromStr>(flag: &str, v: &str, what: &str) -> Result<T, CliError> {
     v.parse()
         .map_err(|_| usage(format!("{flag}: `{v}` is not {what}")))
@@ -184,6 +205,26 @@ fn replay_cmd(args: &[String]) -> Result<(), CliError> {
                     .next()
                     .expect("split yields one part at least")
             }
+            "--flap-threshold" => {
+                opts.flap_threshold =
+                    number(flag, value(flag, inline, &mut it)?, "a whole number")?;
+                if !(2..=64).contains(&opts.flap_threshold) {
+                    return Err(usage(
+                        "--flap-threshold: from 2 to 64 reconnects (as CONNMON_FLAP_THRESHOLD)",
+                    ));
+                }
+            }
+            "--flap-window" => {
+                opts.flap_window = bounded(flag, value(flag, inline, &mut it)?, 60, 7 * 86_400)?
+            }
+            "--remind-every" => {
+                opts.remind_every = Some(bounded(
+                    flag,
+                    value(flag, inline, &mut it)?,
+                    60,
+                    30 * 86_400,
+                )?)
+            }
             "--json" => json = true,
             "--html" => html = Some(value(flag, inline, &mut it)?.into()),
             f if f.starts_with("--") => return Err(usage(format!("unknown option `{f}`"))),
@@ -200,7 +241,7 @@ fn replay_cmd(args: &[String]) -> Result<(), CliError> {
             let mut b = Vec::new();
             std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
                 .map_err(|e| CliError::Failed(format!("standard input: {e}")))?;
-            (b, false)
+            (input::Bytes::Owned(b), false)
         } else {
             input::read_file(std::path::Path::new(f)).map_err(CliError::Failed)?
         };

@@ -24,7 +24,7 @@ const TYPES_IGNORED: &[&str] = &[
 
 /// The longest device or module id (or hub name) accepted. IoT Hub allows 128 for ids and 50 for
 /// hub names.
-const MAX_ID_LEN: usize = 128;
+pub const MAX_ID_LEN: usize = 128;
 
 /// One item of a delivery, after decoding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -306,18 +306,24 @@ fn decode_device_event(
 /// Whether a device or module id is acceptable (length, no control characters); `field` names it in
 /// the reason. Shared with the replay's fast JSONL path and the resource-log decoder.
 pub fn check_id(field: &str, id: &str) -> Result<(), String> {
-    check_text(&format!("`data.{field}`"), id)
+    text_problem(id).map_or(Ok(()), |p| Err(format!("`data.{field}` {p}")))
 }
 
 /// Ids and hub names go into keys, alert bodies and log lines: bounded, one line.
 fn check_text(what: &str, text: &str) -> Result<(), String> {
+    text_problem(text).map_or(Ok(()), |p| Err(format!("{what} {p}")))
+}
+
+/// What is wrong with an id or hub name, if anything (the reason is only written when needed:
+/// replay checks millions of ids).
+fn text_problem(text: &str) -> Option<String> {
     if text.chars().count() > MAX_ID_LEN {
-        return Err(format!("{what} is longer than {MAX_ID_LEN} characters"));
+        return Some(format!("is longer than {MAX_ID_LEN} characters"));
     }
     if text.chars().any(char::is_control) {
-        return Err(format!("{what} contains a control character"));
+        return Some("contains a control character".into());
     }
-    Ok(())
+    None
 }
 
 /// `/SUBSCRIPTIONS/…/PROVIDERS/MICROSOFT.DEVICES/IOTHUBS/<hub>` → `<hub>` (also a resource log's

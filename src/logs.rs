@@ -5,7 +5,8 @@
 //! - a diagnostic-settings record `{time, resourceId, operationName, category, level, resultType,
 //!   resultDescription, properties}` with `properties` an object or a JSON **string** (storage and
 //!   Event Hubs exports);
-//! - a Log Analytics row (`AzureDiagnostics`), from a JSON or CSV query export: `TimeGenerated`,
+//! - a Log Analytics row (`AzureDiagnostics`), from a JSON or CSV query export or the query API's
+//!   answer (`{"tables": [{"columns": [...], "rows": [[...]]}]}`, [`decode_query_response`]): `TimeGenerated`,
 //!   `OperationName`, `ResultType`, `ResultDescription`, `DeviceId`, `Protocol`, `SDKVersion`,
 //!   `properties_s`, `_ResourceId` / `ResourceId` / `Resource` — keys compared case-insensitively,
 //!   a portal export's ` [UTC]` suffix ignored.
@@ -169,6 +170,50 @@ fn field<'a>(obj: &'a Map<String, Value>, keys: &[&str]) -> Option<&'a Value> {
             })
         })
         .map(|(_, v)| v)
+}
+
+/// The rows of a Log Analytics **query API** answer (`POST …/v1/workspaces/{id}/query`):
+/// `{"tables": [{"name": "PrimaryResult", "columns": [{"name": "TimeGenerated", "type":
+/// "datetime"}, …], "rows": [["2026-…", …], …]}]}`. Each row becomes an object keyed by column name
+/// and goes through [`decode_record`]. `None` when `obj` is not such an answer.
+pub fn decode_query_response(obj: &Map<String, Value>) -> Option<Vec<LogDecoded>> {
+    let tables = obj.get("tables")?.as_array()?;
+    let mut out = Vec::new();
+    for table in tables {
+        let columns: Option<Vec<&str>> =
+            table
+                .get("columns")
+                .and_then(Value::as_array)
+                .and_then(|cols| {
+                    cols.iter()
+                        .map(|c| c.get("name").and_then(Value::as_str))
+                        .collect()
+                });
+        let (Some(columns), Some(rows)) = (columns, table.get("rows").and_then(Value::as_array))
+        else {
+            out.push(LogDecoded::Rejected(
+                "`tables` element without `columns` (each with a `name`) and `rows`".into(),
+            ));
+            continue;
+        };
+        for row in rows {
+            out.push(match row.as_array() {
+                Some(cells) if cells.len() == columns.len() => {
+                    let obj: Map<String, Value> = columns
+                        .iter()
+                        .map(|c| c.to_string())
+                        .zip(cells.iter().cloned())
+                        .collect();
+                    decode_record(&obj)
+                }
+                _ => LogDecoded::Rejected(format!(
+                    "`tables[].rows` element is not an array of {} cells",
+                    columns.len()
+                )),
+            });
+        }
+    }
+    Some(out)
 }
 
 /// RFC 3339, or the portal's CSV form `11/27/2026, 10:00:00.123 AM` (UTC).

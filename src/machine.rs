@@ -293,9 +293,40 @@ pub fn apply(
     received_at: Timestamp,
     policy: &Policy,
 ) -> Transition {
+    let mut next = state.clone();
+    let Applied {
+        outcome,
+        alert,
+        cancel_queued_alerts,
+    } = apply_in_place(&mut next, event, received_at, policy);
+    Transition {
+        state: next,
+        outcome,
+        alert,
+        cancel_queued_alerts,
+    }
+}
+
+/// What [`apply_in_place`] did: a [`Transition`] without the state, which was updated in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub outcome: Outcome,
+    pub alert: Option<Alert>,
+    pub cancel_queued_alerts: bool,
+}
+
+/// [`apply`] on a state the caller owns: the same rules, the state updated where it lies (left as
+/// it was when the outcome does not [change state](Outcome::changes_state)). `apply` is this on a
+/// copy; `connmon replay` calls it directly, so the millions of events of a history are not each
+/// paid for with a copy of the state.
+pub fn apply_in_place(
+    state: &mut IdentityState,
+    event: &ConnectionEvent,
+    received_at: Timestamp,
+    policy: &Policy,
+) -> Applied {
     let at = event.time.unwrap_or(received_at);
-    let unchanged = |outcome| Transition {
-        state: state.clone(),
+    let unchanged = |outcome| Applied {
         outcome,
         alert: None,
         cancel_queued_alerts: false,
@@ -315,38 +346,36 @@ pub fn apply(
             return unchanged(Outcome::Stale);
         }
     }
-    let mut next = IdentityState {
-        last_seq: Some(seq),
-        last_event_at: Some(at),
-        ..state.clone()
-    };
+    let previous = state.outage;
+    state.last_seq = Some(seq);
+    state.last_event_at = Some(at);
     let mut alert = None;
     let outcome = match event.kind {
         EventKind::Disconnected(_) => {
-            next.connected = Some(false);
-            match state.outage {
+            state.connected = Some(false);
+            match previous {
                 None => {
-                    next.outage = Some(open_outage(&event.identity, at, seq, policy));
+                    state.outage = Some(open_outage(&event.identity, at, seq, policy));
                     Outcome::Opened
                 }
                 Some(o) if o.alerted_at.is_none() => {
                     // The device was back in between (IoT Hub lost the connect): a silent flap.
                     let id = &event.identity;
-                    alert = record_flap(&mut next, id, o.started_at, at, seq, received_at, policy);
-                    next.outage = Some(open_outage(id, at, seq, policy));
+                    alert = record_flap(state, id, o.started_at, at, seq, received_at, policy);
+                    state.outage = Some(open_outage(id, at, seq, policy));
                     Outcome::Restarted
                 }
                 Some(_) => Outcome::Continued,
             }
         }
         EventKind::Connected(_) => {
-            next.connected = Some(true);
-            next.outage = None;
-            match state.outage {
+            state.connected = Some(true);
+            state.outage = None;
+            match previous {
                 None => Outcome::Connected,
                 Some(o) if o.alerted_at.is_none() => {
                     let id = &event.identity;
-                    alert = record_flap(&mut next, id, o.started_at, at, seq, received_at, policy);
+                    alert = record_flap(state, id, o.started_at, at, seq, received_at, policy);
                     Outcome::ClosedSilently
                 }
                 Some(o) => {
@@ -367,8 +396,7 @@ pub fn apply(
         }
         EventKind::Deleted => unreachable!("handled above"),
     };
-    Transition {
-        state: next,
+    Applied {
         outcome,
         alert,
         cancel_queued_alerts: false,
@@ -432,12 +460,11 @@ fn open_outage(id: &Identity, at: Timestamp, seq: SequenceNumber, policy: &Polic
     }
 }
 
-fn apply_delete(state: &IdentityState, at: Timestamp) -> Transition {
+fn apply_delete(state: &mut IdentityState, at: Timestamp) -> Applied {
     let superseded = state.last_event_at.is_some_and(|t| t > at);
     let duplicate = state.deleted_at.is_some_and(|d| d >= at) && state.last_seq.is_none();
     if superseded || duplicate {
-        return Transition {
-            state: state.clone(),
+        return Applied {
             outcome: if duplicate {
                 Outcome::Duplicate
             } else {
@@ -447,11 +474,11 @@ fn apply_delete(state: &IdentityState, at: Timestamp) -> Transition {
             cancel_queued_alerts: false,
         };
     }
-    Transition {
-        state: IdentityState {
-            deleted_at: Some(at),
-            ..IdentityState::default()
-        },
+    *state = IdentityState {
+        deleted_at: Some(at),
+        ..IdentityState::default()
+    };
+    Applied {
         outcome: Outcome::Deleted,
         alert: None,
         cancel_queued_alerts: true,

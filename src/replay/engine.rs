@@ -10,7 +10,9 @@
 //! the last event, ticks up to and including the last receipt time run. Events received in the
 //! same instant as a tick are applied before it.
 
-use crate::machine::{self, apply, claim_due, Alert, Claim, IdentityState, Outcome, Policy};
+use crate::machine::{
+    self, apply_in_place, claim_due, Alert, Claim, IdentityState, Outage, Outcome, Policy,
+};
 use crate::model::{ConnectionEvent, EventKind, Identity, Timestamp};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -23,6 +25,18 @@ pub struct TimedEvent {
     pub kind: EventKind,
     pub time: Timestamp,
     pub received_at: Timestamp,
+}
+
+impl TimedEvent {
+    /// An event of recorded history: received at its own time.
+    pub fn recorded(slot: u32, kind: EventKind, time: Timestamp) -> TimedEvent {
+        TimedEvent {
+            slot,
+            kind,
+            time,
+            received_at: time,
+        }
+    }
 }
 
 /// Recorded or simulated history, ready to run at any policy.
@@ -77,9 +91,17 @@ impl Timeline {
     }
 }
 
-/// Watches a run: every applied transition (with the state it started from) and every claim.
+/// What an identity was before an event was applied to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Before {
+    pub connected: Option<bool>,
+    pub outage: Option<Outage>,
+}
+
+/// Watches a run: every applied event (what the identity was before, its state after, what
+/// happened).
 pub trait Observer {
-    fn applied(&mut self, _slot: u32, _before: &IdentityState, _t: &machine::Transition) {}
+    fn applied(&mut self, _slot: u32, _before: Before, _after: &IdentityState, _outcome: Outcome) {}
 }
 
 /// An observer that watches nothing.
@@ -102,11 +124,11 @@ pub struct RunResult {
 }
 
 /// Runs the timeline through the machine under `policy`, sweeping every `sweep_every`.
-pub fn run(
+pub fn run<O: Observer>(
     tl: &Timeline,
     policy: &Policy,
     sweep_every: Duration,
-    observer: &mut dyn Observer,
+    observer: &mut O,
 ) -> RunResult {
     let period = (sweep_every.as_millis() as i64).max(1);
     let tick_of = |due: Timestamp| {
@@ -119,6 +141,10 @@ pub fn run(
                 },
         )
     };
+    // The clock stops at the last receipt: what falls due after it is never swept, so it is not
+    // queued (the analysis pass, whose grace is 30 days, queues nothing).
+    let end = tl.events.iter().map(|e| e.received_at).max();
+    let reachable = |d: &Timestamp| end.is_some_and(|end| tick_of(*d) <= end);
     let families = tl.families();
     let device_slot = tl.device_slots();
     let mut states = vec![IdentityState::default(); tl.identities.len()];
@@ -142,6 +168,11 @@ pub fn run(
                  due: &mut BinaryHeap<Reverse<(Timestamp, u32)>>,
                  out: &mut RunResult| {
         while let Some(&Reverse((first, _))) = due.peek() {
+            // A tick is never before what falls due at it: most events end here, without the
+            // division of `tick_of`.
+            if first > limit || (!inclusive && first == limit) {
+                break;
+            }
             let tick = tick_of(first);
             if tick > limit || (!inclusive && tick == limit) {
                 break;
@@ -164,7 +195,7 @@ pub fn run(
                     Claim::Snooze(next) => *s = next,
                     Claim::NotDue => continue,
                 }
-                if let Some(d) = s.due_at(policy).filter(|d| *d > at) {
+                if let Some(d) = s.due_at(policy).filter(|d| *d > at && reachable(d)) {
                     due.push(Reverse((d, slot)));
                 }
             }
@@ -177,42 +208,56 @@ pub fn run(
         let e = &mut scratch[slot];
         e.kind = ev.kind;
         e.time = Some(ev.time);
-        let before = match (e.identity.module(), device_slot[slot]) {
-            (Some(_), Some(d)) => {
-                machine::with_device_deletion(&states[slot], states[d as usize].deleted_at)
-            }
-            _ => states[slot].clone(),
+        let before = Before {
+            connected: states[slot].connected,
+            outage: states[slot].outage,
         };
-        let t = apply(&before, e, ev.received_at, policy);
-        observer.applied(ev.slot, &before, &t);
-        match t.outcome {
+        // A module sees its device's deletion (as the stores do): on a copy, kept only when the
+        // event changes the state, as production writes only then.
+        let device_deleted_at = match (e.identity.module(), device_slot[slot]) {
+            (Some(_), Some(d)) => states[d as usize].deleted_at,
+            _ => None,
+        };
+        let applied = match device_deleted_at {
+            Some(d) if states[slot].deleted_at.is_none_or(|own| own < d) => {
+                let mut s = machine::with_device_deletion(&states[slot], Some(d));
+                let a = apply_in_place(&mut s, e, ev.received_at, policy);
+                if a.outcome.changes_state() {
+                    states[slot] = s;
+                }
+                a
+            }
+            _ => apply_in_place(&mut states[slot], e, ev.received_at, policy),
+        };
+        let outcome = applied.outcome;
+        observer.applied(ev.slot, before, &states[slot], outcome);
+        match outcome {
             Outcome::ClosedSilently | Outcome::Restarted => out.suppressed_reconnects += 1,
             Outcome::Duplicate => out.duplicates += 1,
             Outcome::Stale => out.stale += 1,
             _ => {}
         }
-        if t.outcome == Outcome::Deleted {
+        if outcome == Outcome::Deleted {
+            let deleted = states[slot].clone();
             for &m in &families[slot] {
                 if m as usize != slot {
-                    states[m as usize] = t.state.clone();
+                    states[m as usize] = deleted.clone();
                 }
             }
             // A withdrawn alert that was not "delivered" yet: in a replay every alert counts as
             // delivered when raised, as with a healthy webhook.
         }
-        if let Some(a) = t.alert {
+        if let Some(a) = applied.alert {
             out.alerts.push(a);
         }
-        if !t.outcome.changes_state() {
+        if !outcome.changes_state() {
             continue;
         }
-        let next_due = t.state.due_at(policy);
-        states[slot] = t.state;
-        if let Some(d) = next_due {
+        if let Some(d) = states[slot].due_at(policy).filter(reachable) {
             due.push(Reverse((d, ev.slot)));
         }
     }
-    if let Some(end) = tl.events.iter().map(|e| e.received_at).max() {
+    if let Some(end) = end {
         sweep(end, true, &mut states, &mut due, &mut out);
     }
     out.open_at_end = states

@@ -6,18 +6,18 @@
 //!   stream of JSON values (one document, or concatenated objects as storage exports write them).
 //!   Each value is an Event Grid / CloudEvents event or delivery (through `decode::decode_event`,
 //!   the production decoder; dead-letter envelopes are events with extra fields), a
-//!   `{"records": [...]}` resource-log file, a record, or an array of Log Analytics rows
-//!   (through `logs::decode_record`);
+//!   `{"records": [...]}` resource-log file, a record, an array of Log Analytics rows, or a Log
+//!   Analytics query API answer `{"tables": [...]}` (through `logs::decode_record`);
 //! - anything else: a CSV export of a Log Analytics query (`logs::decode_csv`).
 //!
 //! Event Grid events keep their sequence numbers; resource-log records get synthesised ones in time
 //! order (`logs::sequence_by_time`) and the timeline says it was ordered by time.
 
 use super::engine::{TimedEvent, Timeline};
-use super::fast::{self, FastEvent};
+use super::jsonl;
 use crate::decode::{self, Decoded};
 use crate::logs::{self, LogConnection, LogDecoded};
-use crate::model::{ConnectionEvent, Identity, Timestamp};
+use crate::model::{ConnectionEvent, Identity};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -81,36 +81,106 @@ pub struct Loaded {
 /// Most rejection reasons kept for the report.
 const REJECTIONS_KEPT: usize = 10;
 
-/// FNV-1a: the identity index hashes short keys millions of times; SipHash's DoS resistance
-/// buys nothing for an operator's own files.
+/// A multiply-rotate hash of eight bytes at a time (the shape of rustc's FxHash): the identity
+/// indexes hash short keys millions of times; SipHash's DoS resistance buys nothing for an
+/// operator's own files.
 #[derive(Default)]
-struct Fnv(u64);
-impl Hasher for Fnv {
+pub(super) struct FastHasher(u64);
+
+impl FastHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for FastHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // The multiply leaves the low bits weak; the table picks buckets by them.
+        self.0.rotate_left(26)
     }
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            self.add(u64::from_le_bytes(w.try_into().expect("eight bytes")));
         }
-        self.0 = h;
+        let rest = words.remainder();
+        let mut last = [0u8; 8];
+        last[..rest.len()].copy_from_slice(rest);
+        self.add(u64::from_le_bytes(last) ^ ((rest.len() as u64) << 59));
     }
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+}
+
+pub(super) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
+/// What the general path made of one JSON value: events, log records, or why not.
+#[derive(Debug)]
+pub(super) enum Item {
+    Event(ConnectionEvent),
+    Log(LogDecoded),
+    Ignored,
+    Rejected(String),
+}
+
+/// Decodes one JSON value of an input (an event, a delivery array, a `{"records": [...]}` file, a
+/// record or Log Analytics row) into [`Item`]s, in order. Pure, so parser threads can run it.
+pub(super) fn decode_value(v: &Value, out: &mut Vec<Item>) {
+    match v {
+        Value::Array(items) => {
+            for item in items {
+                match item {
+                    Value::Object(o) => decode_object(o, out),
+                    _ => out.push(Item::Rejected("array element is not a JSON object".into())),
+                }
+            }
+        }
+        Value::Object(o) => decode_object(o, out),
+        _ => out.push(Item::Rejected(
+            "JSON value is neither an object nor an array".into(),
+        )),
+    }
+}
+
+fn decode_object(obj: &Map<String, Value>, out: &mut Vec<Item>) {
+    if let Some(Value::Array(records)) = obj.get("records") {
+        for r in records {
+            out.push(match r {
+                Value::Object(o) => Item::Log(logs::decode_record(o)),
+                _ => Item::Rejected("`records` element is not a JSON object".into()),
+            });
+        }
+        return;
+    }
+    if let Some(rows) = logs::decode_query_response(obj) {
+        return out.extend(rows.into_iter().map(Item::Log));
+    }
+    if logs::is_record(obj) {
+        return out.push(Item::Log(logs::decode_record(obj)));
+    }
+    out.push(match decode::decode_event(obj) {
+        Decoded::Event(ev) if ev.time.is_none() => Item::Rejected(format!(
+            "event {} has no readable eventTime: it cannot be placed on the replay clock",
+            decode::clip(&ev.event_id)
+        )),
+        Decoded::Event(ev) => Item::Event(ev),
+        Decoded::Validation { .. } | Decoded::Ignored { .. } => Item::Ignored,
+        Decoded::Rejected { reason, .. } => Item::Rejected(reason),
+    });
 }
 
 /// Collects events from any number of inputs.
 #[derive(Default)]
 pub struct Loader {
-    index: HashMap<Box<[u8]>, u32, BuildHasherDefault<Fnv>>,
+    index: FastMap<Box<[u8]>, u32>,
     key: Vec<u8>,
     identities: Vec<Identity>,
     log_info: Vec<LogInfo>,
-    events: Vec<(u32, crate::model::EventKind, Timestamp)>,
+    events: Vec<TimedEvent>,
     log_records: Vec<LogConnection>,
     files: Vec<FileSummary>,
     ignored: u64,
@@ -118,15 +188,46 @@ pub struct Loader {
     rejections: Vec<String>,
 }
 
-/// Reads a file, undoing gzip (by its magic bytes, whatever the name).
-pub fn read_file(path: &std::path::Path) -> Result<(Vec<u8>, bool), String> {
-    let raw = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+/// An input's bytes: a regular file mapped into memory as it is, or bytes read or un-gzipped.
+pub enum Bytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// Reads a file, undoing gzip (by its magic bytes, whatever the name). A regular file is mapped
+/// rather than copied: replay reads hundreds of megabytes, and a copy costs about as much as
+/// parsing it.
+pub fn read_file(path: &std::path::Path) -> Result<(Bytes, bool), String> {
+    let fail = |e: std::io::Error| format!("{}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(fail)?;
+    let meta = file.metadata().map_err(fail)?;
+    let raw = if meta.is_file() && meta.len() > 0 {
+        // SAFETY: the mapping is read-only and private to this process. Its one hazard is the
+        // file changing under it while replay reads (a truncation faults the process, other
+        // writes change what is read); replay's inputs are recorded history, which nothing writes
+        // while it is being replayed (README, "connmon replay").
+        Bytes::Mapped(unsafe { memmap2::Mmap::map(&file) }.map_err(fail)?)
+    } else {
+        let mut v = Vec::new();
+        (&file).read_to_end(&mut v).map_err(fail)?;
+        Bytes::Owned(v)
+    };
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::with_capacity(raw.len() * 8);
         flate2::read::MultiGzDecoder::new(&raw[..])
             .read_to_end(&mut out)
             .map_err(|e| format!("{}: gzip: {e}", path.display()))?;
-        Ok((out, true))
+        Ok((Bytes::Owned(out), true))
     } else {
         Ok((raw, false))
     }
@@ -178,32 +279,19 @@ impl Loader {
             .unwrap_or_default();
         let jsonl = serde_json::from_slice::<serde::de::IgnoredAny>(first).is_ok();
         if jsonl {
-            let mut done = 0usize;
-            for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
-                done += line.len() + 1;
-                if n.is_multiple_of(65_536) {
-                    progress(done);
-                }
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                if let Some(ev) = fast::parse_line(line) {
-                    self.push_fast(&ev);
-                    continue;
-                }
-                match serde_json::from_slice::<Value>(line) {
-                    Ok(v) => self.add_value(&v),
-                    Err(e) => self.reject(format!("line {}: not JSON: {e}", n + 1)),
-                }
-            }
+            self.add_jsonl(bytes, progress);
             return Ok(());
         }
         let mut stream = serde_json::Deserializer::from_slice(bytes).into_iter::<Value>();
         let mut n = 0u64;
+        let mut items = Vec::new();
         loop {
             match stream.next() {
                 None => return Ok(()),
-                Some(Ok(v)) => self.add_value(&v),
+                Some(Ok(v)) => {
+                    decode_value(&v, &mut items);
+                    items.drain(..).for_each(|i| self.add_item(i));
+                }
                 Some(Err(e)) => {
                     return Err(format!("not JSON at byte {}: {e}", stream.byte_offset()))
                 }
@@ -228,61 +316,93 @@ impl Loader {
         Ok(())
     }
 
-    fn add_value(&mut self, v: &Value) {
-        match v {
-            Value::Array(items) => {
-                for item in items {
-                    match item {
-                        Value::Object(o) => self.add_object(o),
-                        _ => self.reject("array element is not a JSON object".into()),
-                    }
-                }
-            }
-            Value::Object(o) => self.add_object(o),
-            _ => self.reject("JSON value is neither an object nor an array".into()),
+    /// JSONL: the lines parsed on as many threads as there are (`jsonl::parse`), then merged in
+    /// input order.
+    fn add_jsonl(&mut self, bytes: &[u8], progress: &mut dyn FnMut(usize)) {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut first_line = 0;
+        for chunk in jsonl::parse(bytes, threads, progress) {
+            let lines = chunk.lines;
+            self.add_chunk(chunk, first_line);
+            first_line += lines;
         }
     }
 
-    fn add_object(&mut self, obj: &Map<String, Value>) {
-        if let Some(Value::Array(records)) = obj.get("records") {
-            for r in records {
-                match r {
-                    Value::Object(o) => self.add_log(logs::decode_record(o)),
-                    _ => self.reject("`records` element is not a JSON object".into()),
-                }
+    /// One chunk's events and lines, in input order: identities get their slots in the order
+    /// they first appear (whether on a fast line or a general one), exactly as if the lines had
+    /// been read one by one.
+    fn add_chunk(&mut self, chunk: jsonl::Chunk<'_>, first_line: usize) {
+        let jsonl::Chunk {
+            ids,
+            mut events,
+            general,
+            ..
+        } = chunk;
+        let fast_events = events.len() as u64;
+        let mut slots = Vec::with_capacity(ids.len());
+        let mut ids = ids.iter().peekable();
+        let mut intern_until = |this: &mut Self, line: usize, slots: &mut Vec<u32>| {
+            while let Some(id) = ids.next_if(|id| id.line < line) {
+                slots.push(this.intern(id.hub, id.device, id.module));
             }
-            return;
-        }
-        if logs::is_record(obj) {
-            return self.add_log(logs::decode_record(obj));
-        }
-        match decode::decode_event(obj) {
-            Decoded::Event(ev) => self.add_event(ev),
-            Decoded::Validation { .. } | Decoded::Ignored { .. } => self.ignore(),
-            Decoded::Rejected { reason, .. } => self.reject(reason),
-        }
-    }
-
-    fn add_event(&mut self, ev: ConnectionEvent) {
-        let Some(time) = ev.time else {
-            return self.reject(format!(
-                "event {} has no readable eventTime: it cannot be placed on the replay clock",
-                decode::clip(&ev.event_id)
-            ));
         };
-        let slot = self.intern(
-            ev.identity.hub(),
-            ev.identity.device(),
-            ev.identity.module(),
-        );
-        self.events.push((slot, ev.kind, time));
-        self.files.last_mut().expect("a file").events += 1;
+        if general.iter().all(|g| g.events == 0) {
+            // The common case: every event came from the fast path (and the chunk is sorted).
+            for g in general {
+                intern_until(self, g.line, &mut slots);
+                self.add_general(g, first_line);
+            }
+            intern_until(self, usize::MAX, &mut slots);
+            for e in &mut events {
+                e.slot = slots[e.slot as usize];
+            }
+            merge_sorted(&mut self.events, events);
+        } else {
+            let mut done = 0;
+            for g in general {
+                intern_until(self, g.line, &mut slots);
+                self.events
+                    .extend(events[done..g.at].iter().map(|e| TimedEvent {
+                        slot: slots[e.slot as usize],
+                        ..*e
+                    }));
+                done = g.at;
+                self.add_general(g, first_line);
+            }
+            intern_until(self, usize::MAX, &mut slots);
+            self.events
+                .extend(events[done..].iter().map(|e| TimedEvent {
+                    slot: slots[e.slot as usize],
+                    ..*e
+                }));
+        }
+        self.files.last_mut().expect("a file").events += fast_events;
     }
 
-    fn push_fast(&mut self, ev: &FastEvent<'_>) {
-        let slot = self.intern(ev.hub, ev.device, ev.module);
-        self.events.push((slot, ev.kind, ev.time));
-        self.files.last_mut().expect("a file").events += 1;
+    /// A line that took the general path.
+    fn add_general(&mut self, g: jsonl::General, first_line: usize) {
+        match g.items {
+            Ok(items) => items.into_iter().for_each(|i| self.add_item(i)),
+            Err(e) => self.reject(format!("line {}: not JSON: {e}", first_line + g.line + 1)),
+        }
+    }
+
+    fn add_item(&mut self, item: Item) {
+        match item {
+            Item::Event(ev) => {
+                let slot = self.intern(
+                    ev.identity.hub(),
+                    ev.identity.device(),
+                    ev.identity.module(),
+                );
+                let time = ev.time.expect("events without a time are rejected");
+                self.events.push(TimedEvent::recorded(slot, ev.kind, time));
+                self.files.last_mut().expect("a file").events += 1;
+            }
+            Item::Log(r) => self.add_log(r),
+            Item::Ignored => self.ignore(),
+            Item::Rejected(reason) => self.reject(reason),
+        }
     }
 
     fn add_log(&mut self, r: LogDecoded) {
@@ -350,24 +470,17 @@ impl Loader {
             if !r.connected && r.forcefully_closed() {
                 info.forceful_closes += 1;
             }
-            self.events
-                .push((slot, ev.kind, ev.time.expect("log events have times")));
+            let time = ev.time.expect("log events have times");
+            self.events.push(TimedEvent::recorded(slot, ev.kind, time));
         }
         let ordered_by = match (self.events.is_empty(), records.is_empty()) {
             (true, _) => None,
             (false, true) => Some(OrderedBy::Sequence),
             (false, false) => Some(OrderedBy::Time),
         };
-        let mut events: Vec<TimedEvent> = self
-            .events
-            .into_iter()
-            .map(|(slot, kind, time)| TimedEvent {
-                slot,
-                kind,
-                time,
-                received_at: time,
-            })
-            .collect();
+        // Stable, and linear on what is already in order: each parser thread sorted its chunk and
+        // the chunks were merged.
+        let mut events = self.events;
         events.sort_by_key(|e| e.received_at);
         Loaded {
             timeline: Timeline {
@@ -382,6 +495,39 @@ impl Loader {
             rejections: self.rejections,
         }
     }
+}
+
+/// Adds `new` (sorted by receipt) to `events`, merging it into the events it overlaps in time: the
+/// result is sorted when `events` was, and events of equal time keep `events` before `new` (input
+/// order) whatever `events` held (its unsorted tails are not merged into), so the final stable
+/// sort gives the same order as sorting the whole input. Chunks of a history overlap only by Event Grid's delivery delays: the merge
+/// touches a few events, the rest is a copy.
+fn merge_sorted(events: &mut Vec<TimedEvent>, mut new: Vec<TimedEvent>) {
+    let Some(first) = new.first().map(|e| e.received_at) else {
+        return;
+    };
+    if events.is_empty() {
+        *events = new;
+        return;
+    }
+    let k = events.partition_point(|e| e.received_at <= first);
+    if !events[k..].is_sorted_by_key(|e| e.received_at) {
+        // `events` is out of order: leave the ordering to the final sort.
+        events.append(&mut new);
+        return;
+    }
+    let mut tail = events.split_off(k).into_iter().peekable();
+    events.reserve(tail.len() + new.len());
+    let mut rest = new.drain(..);
+    while tail.peek().is_some() {
+        let Some(e) = rest.next() else { break };
+        while let Some(t) = tail.next_if(|t| t.received_at <= e.received_at) {
+            events.push(t);
+        }
+        events.push(e);
+    }
+    events.extend(tail);
+    events.extend(rest);
 }
 
 /// A progress bar on stderr for large inputs, drawn only when stderr is a terminal.
@@ -435,6 +581,53 @@ impl Progress {
     pub fn finish(&mut self) {
         if self.enabled {
             eprintln!();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{EventKind, Timestamp};
+
+    #[test]
+    fn merge_sorted_is_a_stable_sort_of_the_concatenation() {
+        let ev = |slot: u32, t: i64| TimedEvent {
+            slot,
+            kind: EventKind::Deleted,
+            time: Timestamp(t),
+            received_at: Timestamp(t),
+        };
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (seed >> 33) as i64
+        };
+        for round in 0..200 {
+            let mut all = Vec::new();
+            let mut merged: Vec<TimedEvent> = Vec::new();
+            let mut slot = 0;
+            for _ in 0..(round % 5 + 1) {
+                let base = next() % 50;
+                let mut chunk: Vec<TimedEvent> = (0..next() % 20)
+                    .map(|_| {
+                        slot += 1;
+                        ev(slot, base + next() % 30)
+                    })
+                    .collect();
+                all.extend(chunk.iter().copied());
+                // Some chunks are appended as they are (the general path's), so later chunks
+                // merge into an unsorted vector: still the same final order.
+                if next() % 4 == 0 {
+                    merged.extend(chunk);
+                } else {
+                    chunk.sort_by_key(|e| e.received_at);
+                    merge_sorted(&mut merged, chunk);
+                }
+            }
+            all.sort_by_key(|e| e.received_at);
+            merged.sort_by_key(|e| e.received_at);
+            assert_eq!(merged, all, "round {round}");
         }
     }
 }

@@ -16,12 +16,13 @@ pub mod engine;
 pub mod fast;
 pub mod html;
 pub mod input;
+mod jsonl;
 pub mod report;
 
 use crate::alerts::AlertBody;
-use crate::machine::{self, AlertKind, Cadence, IdentityState, Outcome, Policy, Transition};
+use crate::machine::{self, AlertKind, Cadence, IdentityState, Outcome, Policy};
 use crate::model::Timestamp;
-use engine::{Observer, Timeline};
+use engine::{Before, Observer, Timeline};
 use input::Loaded;
 use report::{
     Bucket, DuplicateSuspect, Durations, FlappingEntry, GraceResult, IdentityReport, InputReport,
@@ -49,13 +50,35 @@ pub struct Options {
     pub graces: Vec<Duration>,
     /// The modelled sweep timer (standalone default 30 s).
     pub sweep_every: Duration,
+    /// The settings besides the grace that change what is alerted, as the service takes them
+    /// (`CONNMON_FLAP_THRESHOLD`, `CONNMON_FLAP_WINDOW`, `CONNMON_REMIND_EVERY`); connmon's
+    /// defaults unless given.
+    pub flap_threshold: usize,
+    pub flap_window: Duration,
+    pub remind_every: Option<Duration>,
 }
 
 impl Default for Options {
     fn default() -> Self {
+        let defaults = Policy::new(DEFAULT_GRACE);
         Options {
             graces: vec![DEFAULT_GRACE],
             sweep_every: Duration::from_secs(30),
+            flap_threshold: defaults.flap_threshold,
+            flap_window: defaults.flap_window,
+            remind_every: defaults.remind_every,
+        }
+    }
+}
+
+impl Options {
+    /// The policy a replay runs at `grace`: connmon's defaults with these settings.
+    pub fn policy(&self, grace: Duration) -> Policy {
+        Policy {
+            flap_threshold: self.flap_threshold,
+            flap_window: self.flap_window,
+            remind_every: self.remind_every,
+            ..Policy::new(grace)
         }
     }
 }
@@ -72,12 +95,12 @@ struct Gaps {
 }
 
 impl Observer for Gaps {
-    fn applied(&mut self, slot: u32, before: &IdentityState, t: &Transition) {
+    fn applied(&mut self, slot: u32, before: Before, after: &IdentityState, outcome: Outcome) {
         let slot = slot as usize;
-        let Some(at) = t.state.last_event_at else {
+        let Some(at) = after.last_event_at else {
             return;
         };
-        match t.outcome {
+        match outcome {
             Outcome::Opened | Outcome::Continued => self.disconnects[slot] += 1,
             Outcome::Restarted => {
                 self.disconnects[slot] += 1;
@@ -209,58 +232,59 @@ fn sdk_from_version(v: &str) -> Option<&'static str> {
 pub fn analyse(loaded: &Loaded, opts: &Options) -> Report {
     let tl: &Timeline = &loaded.timeline;
     let n = tl.identities.len();
-    let mut gaps = Gaps {
-        durations_ms: Vec::new(),
-        reconnects: vec![Vec::new(); n],
-        disconnects: vec![0; n],
-        restarted: 0,
-    };
-    // Never claims anything: the longest grace the settings accept.
-    let open = engine::run(
-        tl,
-        &policy(Duration::from_secs(30 * 24 * 3600)),
-        opts.sweep_every,
-        &mut gaps,
-    );
-    gaps.durations_ms.sort_unstable();
-    let (recommended, why) = recommend(&gaps.durations_ms);
-
-    let mut graces = opts.graces.clone();
-    if !graces.contains(&recommended) {
-        graces.push(recommended);
-    }
-    graces.sort();
-    graces.dedup();
-    // One run per grace period, on as many threads as there are (the runs share nothing).
-    let runs: Vec<engine::RunResult> = std::thread::scope(|scope| {
-        let handles: Vec<_> = graces
+    let mut requested = opts.graces.clone();
+    requested.sort();
+    requested.dedup();
+    let run_at =
+        |g: Duration| engine::run(tl, &opts.policy(g), opts.sweep_every, &mut engine::Quiet);
+    // The requested grace periods run on threads of their own while this one makes the analysis
+    // pass; the recommended grace, known only after it, follows on this thread when it was not
+    // requested. The runs share nothing but the timeline.
+    let (gaps, open, recommended, why, mut runs) = std::thread::scope(|scope| {
+        let handles: Vec<_> = requested
             .iter()
-            .map(|g| {
-                scope.spawn(move || {
-                    engine::run(tl, &policy(*g), opts.sweep_every, &mut engine::Quiet)
-                })
-            })
+            .map(|g| (*g, scope.spawn(move || run_at(*g))))
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a replay run does not panic"))
-            .collect()
+        let mut gaps = Gaps {
+            durations_ms: Vec::new(),
+            reconnects: vec![Vec::new(); n],
+            disconnects: vec![0; n],
+            restarted: 0,
+        };
+        // Never claims anything: the longest grace the settings accept.
+        let open = engine::run(
+            tl,
+            &opts.policy(Duration::from_secs(30 * 24 * 3600)),
+            opts.sweep_every,
+            &mut gaps,
+        );
+        gaps.durations_ms.sort_unstable();
+        let (recommended, why) = recommend(&gaps.durations_ms);
+        let mut runs: Vec<(Duration, engine::RunResult)> = Vec::new();
+        if !requested.contains(&recommended) {
+            runs.push((recommended, run_at(recommended)));
+        }
+        for (g, h) in handles {
+            runs.push((g, h.join().expect("a replay run does not panic")));
+        }
+        (gaps, open, recommended, why, runs)
     });
+    runs.sort_by_key(|(g, _)| *g);
     let mut results = Vec::new();
     let mut at_recommended = None;
-    for (g, r) in graces.iter().zip(runs) {
+    for (g, r) in runs {
         let bodies: Vec<AlertBody> = r.alerts.iter().map(AlertBody::from).collect();
         let count = |k: AlertKind| r.alerts.iter().filter(|a| a.kind == k).count() as u64;
         results.push(GraceResult {
             grace_seconds: g.as_secs() as i64,
-            recommended: *g == recommended,
+            recommended: g == recommended,
             disconnected: count(AlertKind::Disconnected),
             reconnected: count(AlertKind::Reconnected),
             alerts: bodies,
             suppressed_reconnects: r.suppressed_reconnects,
             open_at_end: r.open_at_end,
         });
-        if *g == recommended {
+        if g == recommended {
             at_recommended = Some(r);
         }
     }
@@ -389,6 +413,11 @@ pub fn analyse(loaded: &Loaded, opts: &Options) -> Report {
             files: loaded.files.iter().map(report::FileReport::from).collect(),
         },
         sweep_seconds: opts.sweep_every.as_secs() as i64,
+        policy: report::PolicyReport {
+            flap_threshold: opts.flap_threshold as u64,
+            flap_window_seconds: opts.flap_window.as_secs() as i64,
+            remind_every_seconds: opts.remind_every.map(|d| d.as_secs() as i64),
+        },
         grace_periods: results,
         recommended_grace_seconds: recommended.as_secs() as i64,
         recommendation: why,

@@ -11,6 +11,8 @@ use std::fmt::Write as _;
 pub struct Report {
     pub input: InputReport,
     pub sweep_seconds: i64,
+    /// The settings besides the grace the runs used.
+    pub policy: PolicyReport,
     pub grace_periods: Vec<GraceResult>,
     pub recommended_grace_seconds: i64,
     pub recommendation: String,
@@ -18,6 +20,16 @@ pub struct Report {
     pub identities: Vec<IdentityReport>,
     pub flapping: Vec<FlappingEntry>,
     pub duplicate_identity_suspects: Vec<DuplicateSuspect>,
+}
+
+/// The flapping and reminder settings of a replay (`--flap-threshold`, `--flap-window`,
+/// `--remind-every`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyReport {
+    pub flap_threshold: u64,
+    pub flap_window_seconds: i64,
+    pub remind_every_seconds: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -289,10 +301,17 @@ impl Report {
             }
         }
 
+        let reminders = match self.policy.remind_every_seconds {
+            Some(r) => format!("reminders every {}", human(r)),
+            None => "no reminders".into(),
+        };
         let _ = writeln!(
             o,
-            "\nAlerts per grace period (sweep every {}):",
-            human(self.sweep_seconds)
+            "\nAlerts per grace period (sweep every {}; flapping at {} silent reconnects in {}; {}):",
+            human(self.sweep_seconds),
+            self.policy.flap_threshold,
+            human(self.policy.flap_window_seconds),
+            reminders
         );
         for g in &self.grace_periods {
             let _ = writeln!(

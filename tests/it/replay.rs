@@ -336,6 +336,49 @@ fn replay_resource_logs_jsonl_and_log_analytics_exports() {
 }
 
 #[test]
+fn replay_log_analytics_query_api_answer_replays_like_the_csv_export() {
+    let api_path = "replay/la-query-api-response.json";
+    let csv_path = "replay/la-azurediagnostics-export.csv";
+    let (_, api) = replay_inputs(&[(api_path, fixture(api_path))], &[mins(2), mins(5)]);
+    check_pump_history(
+        api_path,
+        &api,
+        &Identity::new("contosohub", "twin,ned", None),
+    );
+    assert_eq!(api.input.ignored, 1, "the c2dCommands row");
+    assert_eq!(api.input.rejected, 0, "{:?}", api.input.rejections);
+    assert_eq!(api.input.files[0].format, "resource-logs");
+    let (_, csv) = replay_inputs(&[(csv_path, fixture(csv_path))], &[mins(2), mins(5)]);
+    // Everything but the file names and formats is the same.
+    let without_files = |r: &Report| {
+        let mut v = serde_json::to_value(r).unwrap();
+        v["input"]["files"] = Value::Null;
+        v
+    };
+    assert_eq!(without_files(&api), without_files(&csv));
+    // The same answer on one line (a JSONL file of answers) reads the same.
+    let one_line: Value = serde_json::from_slice(&fixture(api_path)).unwrap();
+    let (_, again) = replay_inputs(
+        &[("answer.jsonl", format!("{one_line}\n").into_bytes())],
+        &[mins(2), mins(5)],
+    );
+    assert_eq!(without_files(&again), without_files(&api));
+    // A row of the wrong length is rejected, not misread.
+    let mut short = one_line.clone();
+    short["tables"][0]["rows"][0] = json!(["2026-11-27T10:00:00Z"]);
+    let (_, r) = replay_inputs(
+        &[("short.json", short.to_string().into_bytes())],
+        &[mins(5)],
+    );
+    assert_eq!((r.input.events, r.input.rejected), (6, 1));
+    assert!(
+        r.input.rejections[0].contains("not an array of 13 cells"),
+        "{:?}",
+        r.input.rejections
+    );
+}
+
+#[test]
 fn replay_refuses_files_that_are_neither_json_nor_an_export() {
     let mut loader = input::Loader::new();
     let err = loader
@@ -471,6 +514,20 @@ fn replay_fast_path_agrees_with_the_production_decoder() {
             "data.deviceConnectionStateEventInfo.sequenceNumber",
             json!("12"),
         ),
+        // Members the fast path skips, of every JSON kind, and keys that make it step aside.
+        (
+            "extra",
+            json!({"a": [1, -2, {"b": null}], "t": true, "f": false, "s": ""}),
+        ),
+        ("data.extra", json!([[], {}, 0, "x"])),
+        ("data.deviceConnectionStateEventInfo.extra", json!(12345)),
+        ("extra", json!(1.5)),
+        ("extra", json!("with \"escapes\"")),
+        ("records", json!([])),
+        ("tables", json!([])),
+        ("operationName", json!("deviceConnect")),
+        ("data.deviceId", json!("dévice")),
+        ("data", json!([])),
     ];
     let mut lines = vec![base.clone()];
     for (path, v) in variants {
@@ -497,9 +554,64 @@ fn replay_fast_path_agrees_with_the_production_decoder() {
         }
     }
     assert!(
-        fast_hits >= 6,
+        fast_hits >= 9,
         "the common shapes take the fast path ({fast_hits})"
     );
+}
+
+#[test]
+fn replay_parallel_jsonl_loads_like_the_sequential_general_path() {
+    // A history whose lines take both paths: the same objects once as JSONL (parsed on all
+    // threads, fast path where it can) and once as one JSON array (one line, the general path,
+    // in order). Identities, events in order (ties included), counts and reports must agree.
+    let sim = simulate::generate(&Config {
+        identities: 200,
+        outages: 3,
+        ping_pong: 2,
+        seed: 11,
+        ..Config::default()
+    });
+    let mut objects = Vec::new();
+    for (i, d) in sim.deliveries.iter().enumerate() {
+        let mut e = simulate::event_grid_json(&sim, d);
+        match i % 23 {
+            0 => {
+                e = json!({"specversion": "1.0", "id": e["id"], "type": e["eventType"],
+                           "source": e["topic"], "subject": e["subject"], "time": e["eventTime"],
+                           "data": e["data"]})
+            }
+            1 => e["data"]["hubName"] = json!("SIM-HUB"),
+            2 => {
+                e["data"]["deviceId"] =
+                    json!(format!("{}-é", e["data"]["deviceId"].as_str().unwrap()))
+            }
+            3 => e["eventType"] = json!("Microsoft.Devices.DeviceCreated"),
+            4 => e["topic"] = json!(format!("{}\"", e["topic"].as_str().unwrap())),
+            5 => {
+                e = json!({"time": e["eventTime"], "resourceId": "/X/IOTHUBS/LOGHUB",
+                           "operationName": "deviceConnect", "category": "Connections",
+                           "properties": {"deviceId": format!("log-{}", i % 7)}})
+            }
+            _ => {}
+        }
+        objects.push(e);
+    }
+    let jsonl: Vec<String> = objects.iter().map(Value::to_string).collect();
+    let jsonl = jsonl.join("\n").into_bytes();
+    assert!(jsonl.len() > 2 << 20, "big enough for two chunks");
+    let array = serde_json::to_vec(&objects).unwrap();
+    let (par, par_report) = replay_inputs(&[("h.jsonl", jsonl)], &[mins(2), mins(5)]);
+    let (seq, seq_report) = replay_inputs(&[("h.json", array)], &[mins(2), mins(5)]);
+    assert_eq!(par.timeline.identities, seq.timeline.identities);
+    assert_eq!(par.timeline.events, seq.timeline.events);
+    assert_eq!(par.log_info, seq.log_info);
+    assert!(par_report.input.ignored > 0 && par_report.input.events > 4_000);
+    let without_files = |r: &Report| {
+        let mut v = serde_json::to_value(r).unwrap();
+        v["input"]["files"] = Value::Null;
+        v
+    };
+    assert_eq!(without_files(&par_report), without_files(&seq_report));
 }
 
 #[test]
@@ -843,6 +955,167 @@ fn replay_text_report_says_how_it_ordered() {
         "{text}"
     );
     assert!(text.contains("400027"), "{text}");
+}
+
+#[test]
+fn replay_flags_carry_the_services_flapping_and_reminder_settings() {
+    let sim = simulate::generate(&Config {
+        identities: 60,
+        outages: 3,
+        outage_durations: vec![mins(45)],
+        ping_pong: 2,
+        seed: 3,
+        ..Config::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let history = dir.path().join("history.jsonl");
+    let lines: Vec<String> = sim
+        .deliveries
+        .iter()
+        .map(|d| simulate::event_grid_json(&sim, d).to_string())
+        .collect();
+    std::fs::write(&history, lines.join("\n")).unwrap();
+    let replay = |extra: &[&str]| -> Value {
+        let mut args = vec![os("replay"), history.as_os_str(), os("--grace"), os("5m")];
+        args.extend(extra.iter().map(|a| os(a)));
+        args.push(os("--json"));
+        serde_json::from_str(&connmon_ok(&args).0).unwrap()
+    };
+    let count = |r: &Value, kind: &str| {
+        r["gracePeriods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["graceSeconds"] == 300)
+            .unwrap()["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["kind"] == kind)
+            .count()
+    };
+    let default = replay(&[]);
+    assert_eq!(
+        default["policy"],
+        json!({"flapThreshold": 5, "flapWindowSeconds": 1800, "remindEverySeconds": null})
+    );
+    let flapping = count(&default, "flapping");
+    assert!(flapping > 0, "the ping-pong identities flap");
+    assert_eq!(count(&default, "reminder"), 0);
+    // A threshold no reconnect rhythm reaches: no flapping at all.
+    let strict = replay(&["--flap-threshold", "64"]);
+    assert_eq!(strict["policy"]["flapThreshold"], 64);
+    assert_eq!(count(&strict, "flapping"), 0);
+    assert!(strict["flapping"].as_array().unwrap().is_empty());
+    // A looser rule (two silent reconnects in two hours) flags more identities.
+    let loose = replay(&["--flap-threshold=2", "--flap-window", "2h"]);
+    assert_eq!(loose["policy"]["flapWindowSeconds"], 7200);
+    assert!(count(&loose, "flapping") > flapping);
+    // Reminders for the 45-minute outages, the same outages alerted.
+    let remind = replay(&["--remind-every", "10m"]);
+    assert_eq!(remind["policy"]["remindEverySeconds"], 600);
+    assert!(
+        count(&remind, "reminder") >= 3 * 3,
+        "three outages, 40 minutes past grace"
+    );
+    assert_eq!(
+        count(&remind, "disconnected"),
+        count(&default, "disconnected")
+    );
+    let (text, _) = connmon_ok(&[
+        os("replay"),
+        history.as_os_str(),
+        os("--flap-threshold"),
+        os("3"),
+        os("--remind-every"),
+        os("1h"),
+    ]);
+    assert!(
+        text.contains("flapping at 3 silent reconnects in 30m; reminders every 1h"),
+        "{text}"
+    );
+    // Out of the service's ranges: refused, naming the range.
+    for (flag, v, says) in [
+        ("--flap-threshold", "1", "from 2 to 64"),
+        ("--flap-threshold", "x", "not a whole number"),
+        ("--flap-window", "30s", "from 1m to 7d"),
+        ("--remind-every", "31d", "from 1m to 30d"),
+    ] {
+        let out = connmon(&[os("replay"), history.as_os_str(), os(flag), os(v)]);
+        assert_eq!(out.status.code(), Some(2), "{flag} {v}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag) && err.contains(says), "{err}");
+    }
+}
+
+/// A history over the 32 MB at which the progress bar starts: one simulated day of 200 devices,
+/// copied onto twelve hubs (so the copies are other identities, not duplicates).
+fn history_over_32_mb(path: &std::path::Path) {
+    let sim = simulate::generate(&Config {
+        identities: 200,
+        outages: 2,
+        ..Config::default()
+    });
+    let day: Vec<String> = sim
+        .deliveries
+        .iter()
+        .map(|d| simulate::event_grid_json(&sim, d).to_string())
+        .collect();
+    let day = day.join("\n") + "\n";
+    let mut text = String::new();
+    for hub in 0..12 {
+        text.push_str(&day.replace("\"sim-hub\"", &format!("\"hub-{hub}\"")));
+    }
+    assert!(text.len() > 32 << 20, "{} bytes", text.len());
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn replay_progress_bar_is_drawn_on_a_terminal_only() {
+    // A real pseudo-terminal: util-linux `script` runs the command with its standard streams on a
+    // new pty and copies what the terminal shows to its own stdout.
+    let script = Command::new("script").arg("--version").output();
+    assert!(
+        script.is_ok_and(|o| o.status.success()),
+        "this test needs `script` from util-linux (Debian: apt-get install bsdutils) to give \
+         connmon a terminal"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let history = dir.path().join("history.jsonl");
+    history_over_32_mb(&history);
+    let report = dir.path().join("report.json");
+    let command = format!(
+        "'{}' replay '{}' --json > '{}'",
+        env!("CARGO_BIN_EXE_connmon"),
+        history.display(),
+        report.display()
+    );
+    let out = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let terminal = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{terminal}");
+    // Only stderr is on the terminal (stdout went to the file): the bar, redrawn with \r, ending
+    // full, then a new line.
+    let full = format!("[{}] 100.0% of ", "#".repeat(40));
+    assert!(terminal.contains(&full), "{terminal:?}");
+    assert!(terminal.starts_with('\r'), "{terminal:?}");
+    assert!(terminal.trim_end().ends_with(" MB"), "{terminal:?}");
+    let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["input"]["identities"], 12 * 200);
+
+    // Standard error not a terminal: not a byte of the bar.
+    let out = connmon(&[os("replay"), history.as_os_str(), os("--json")]);
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let piped: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(piped, r, "the same report either way");
 }
 
 #[test]
