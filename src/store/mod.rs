@@ -123,6 +123,9 @@ impl std::ops::AddAssign for Counts {
     }
 }
 
+/// One page of [`Store::noteworthy`]: the records, and the identity to go on after (`None`: done).
+pub type NoteworthyPage = (Vec<IdentityRecord>, Option<Identity>);
+
 /// Whether the dashboard shows anything of `r` (see [`Store::noteworthy`]).
 pub fn is_noteworthy(r: &IdentityRecord) -> bool {
     r.state.outage.is_some()
@@ -232,7 +235,7 @@ pub trait Store: Send + Sync {
         &self,
         after: Option<Identity>,
         limit: usize,
-    ) -> BoxFuture<'_, Result<(Vec<IdentityRecord>, Option<Identity>), StoreError>> {
+    ) -> BoxFuture<'_, Result<NoteworthyPage, StoreError>> {
         Box::pin(async move {
             let page = self.identities(None, after, limit).await?;
             let next = (page.len() == limit)

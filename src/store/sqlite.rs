@@ -393,7 +393,7 @@ impl Store for SqliteStore {
         &self,
         after: Option<Identity>,
         limit: usize,
-    ) -> BoxFuture<'_, Result<(Vec<IdentityRecord>, Option<Identity>), StoreError>> {
+    ) -> BoxFuture<'_, Result<super::NoteworthyPage, StoreError>> {
         Box::pin(self.read(move |conn| {
             // The same test as `store::is_noteworthy`, in SQL: the scan stays inside SQLite and
             // only the few rows the page shows are decoded. Alert entries are the upper-case
