@@ -99,7 +99,9 @@ pub const CLAIM_DUE_SQL: &str =
 /// with any other layout is refused with a clear message instead of being misread.
 pub const SCHEMA_VERSION: i64 = 2;
 
-fn check_schema_version(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+/// Checks the file's layout; upgrades a layout-1 file's `identities` (returns `true` then, so the
+/// caller fills the new tables once `SCHEMA` has created them).
+fn check_schema_version(conn: &Connection, path: &Path) -> Result<bool, StoreError> {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(db_err)?;
@@ -114,7 +116,7 @@ fn check_schema_version(conn: &Connection, path: &Path) -> Result<(), StoreError
         // Layout 1 → 2: the new column; `SCHEMA` then creates the new tables.
         conn.execute_batch("ALTER TABLE identities ADD COLUMN history TEXT")
             .map_err(db_err)?;
-        return Ok(());
+        return Ok(true);
     }
     if has_tables && version != SCHEMA_VERSION {
         return Err(StoreError::Unavailable(format!(
@@ -123,7 +125,7 @@ fn check_schema_version(conn: &Connection, path: &Path) -> Result<(), StoreError
             path.display()
         )));
     }
-    Ok(())
+    Ok(false)
 }
 
 enum Command {
@@ -217,8 +219,18 @@ impl SqliteStore {
             CACHE_KIB
         ))
         .map_err(db_err)?;
-        check_schema_version(&conn, path)?;
+        let upgraded = check_schema_version(&conn, path)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
+        if upgraded {
+            // The hubs a layout-1 file knows, with their latest event time as a start (the
+            // dead-man's switch counts from start-up at the earliest anyway).
+            conn.execute_batch(
+                "INSERT OR IGNORE INTO hubs (hub, last_event_at)
+                 SELECT hub, max(last_event_at) FROM identities
+                 WHERE last_event_at IS NOT NULL GROUP BY hub",
+            )
+            .map_err(db_err)?;
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(db_err)?;
         // Checkpoints run on their own thread and connection, off the commit path: a commit only

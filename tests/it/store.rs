@@ -178,6 +178,16 @@ async fn a_layout_1_file_is_upgraded_in_place_keeping_its_identities() {
     .unwrap();
     drop(conn);
     let store = open(&path);
+    let hubs = store.overview().await.unwrap().hubs;
+    assert_eq!(
+        hubs.len(),
+        1,
+        "the hubs the file knows are listed: {hubs:?}"
+    );
+    assert_eq!(
+        (hubs[0].hub.as_str(), hubs[0].last_event_at),
+        ("hub", at(0))
+    );
     let old = Identity::new("hub", "old", None);
     let rec = store.identity(old.clone()).await.unwrap().expect("kept");
     assert!(rec.state.outage.is_some(), "its open outage survived");
