@@ -13,6 +13,7 @@
 //! - [`machine`]: the pure per-identity state machine (`apply`, `claim_due`), no I/O, no clock.
 //! - [`store`]: the `Store` trait and its SQLite implementation (group commit, conditional writes).
 //! - [`alerts`]: the alert wire body and the log line.
+//! - [`answer`]: reading at most a bounded prefix of an HTTP answer (receivers, the token endpoint).
 //! - [`channels`]: the `Channel` trait, each channel, and the `Notifier` draining the outbox.
 //! - [`scope`]: glob patterns, include/exclude scope, per-pattern grace periods, silences.
 //! - [`monitor`]: the service tying decode → store → alerts together; counters; sweeps; the status
@@ -30,6 +31,7 @@
 //! - [`cli`]: the subcommands' argument parsing and I/O (`main` dispatches to it).
 
 pub mod alerts;
+pub mod answer;
 pub mod api;
 pub mod channels;
 pub mod cli;
