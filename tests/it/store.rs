@@ -32,12 +32,15 @@ fn ev(device: &str, n: u64, connected: bool, t: i64) -> ConnectionEvent {
     }
 }
 
-fn open(path: &Path) -> SqliteStore {
-    let cfg = StoreConfig {
+fn config() -> StoreConfig {
+    StoreConfig {
         policy: Policy::new(Duration::from_secs(300)),
         channels: vec!["log".into()],
-    };
-    SqliteStore::open(path, cfg).unwrap()
+    }
+}
+
+fn open(path: &Path) -> SqliteStore {
+    SqliteStore::open(path, config()).unwrap()
 }
 
 #[tokio::test]
@@ -135,10 +138,7 @@ async fn a_file_with_another_data_layout_is_refused_with_a_clear_message() {
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
-    let cfg = StoreConfig {
-        policy: Policy::new(Duration::from_secs(300)),
-        channels: vec!["log".into()],
-    };
+    let cfg = config();
     let err = SqliteStore::open(&path, cfg.clone())
         .err()
         .expect("refused");
@@ -208,4 +208,36 @@ async fn a_layout_1_file_is_upgraded_in_place_keeping_its_identities() {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
     assert_eq!(v, connmon::store::sqlite::SCHEMA_VERSION);
+}
+
+/// One process per SQLite file: a second store on the same file is refused while the first is
+/// open (naming the file and the holder), and the file can be opened again once it is closed.
+#[tokio::test]
+async fn a_second_store_on_the_same_file_is_refused_while_the_first_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let first = open(&path);
+    let cfg = config();
+    let err = SqliteStore::open(&path, cfg.clone())
+        .err()
+        .expect("a second store on one file is refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&path.display().to_string())
+            && msg.contains(&format!("pid {}", std::process::id()))
+            && !msg.contains('\n'),
+        "{msg}"
+    );
+    // The first one still works.
+    first
+        .apply(vec![ev("one", 1, false, 0)], at(0))
+        .await
+        .unwrap();
+    drop(first);
+    let again = SqliteStore::open(&path, cfg).expect("the file is free once the store is closed");
+    assert!(again
+        .identity(Identity::new("Hub", "one", None))
+        .await
+        .unwrap()
+        .is_some());
 }
