@@ -6,20 +6,34 @@
 //! it does not make them agree on who delivers). A lock file, rather than SQLite's
 //! `locking_mode=EXCLUSIVE`, keeps the database itself readable by other tools while connmon runs,
 //! and says who holds it: the holder writes its process id and host name into the file.
+//!
+//! The rule is per process: stores opened on one file within one process (the conformance tests'
+//! "instances") share its lock, which is released when the last of them closes.
 
 use super::StoreError;
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
 
-/// The lock on one SQLite file; the file stays locked until this is dropped.
+/// A lock file's identity on its file system: (device, inode).
+type FileId = (u64, u64);
+
+/// The lock files this process holds: a second store on a file shares the lock.
+static HELD: Mutex<Option<HashMap<FileId, Weak<File>>>> = Mutex::new(None);
+
+/// The lock on one SQLite file; the file stays locked until the last holder in this process is
+/// dropped.
 #[derive(Debug)]
 pub(crate) struct ProcessLock {
-    _file: File,
+    _file: Arc<File>,
 }
 
 impl ProcessLock {
-    /// Takes the lock beside `db`, or fails naming the file and, when it says, the holder.
+    /// Takes the lock beside `db` (or shares it, when this process holds it already), or fails
+    /// naming the file and, when it says, the holder.
     pub(crate) fn take(db: &Path) -> Result<ProcessLock, StoreError> {
         let path = lock_path(db);
         let mut file = OpenOptions::new()
@@ -35,6 +49,15 @@ impl ProcessLock {
                     db.display()
                 ))
             })?;
+        let key = file.metadata().map(|m| (m.dev(), m.ino())).map_err(|e| {
+            StoreError::Unavailable(format!("cannot read the lock file {}: {e}", path.display()))
+        })?;
+        let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+        let held = held.get_or_insert_with(HashMap::new);
+        held.retain(|_, lock| lock.strong_count() > 0);
+        if let Some(shared) = held.get(&key).and_then(Weak::upgrade) {
+            return Ok(ProcessLock { _file: shared });
+        }
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -68,6 +91,8 @@ impl ProcessLock {
             .and_then(|()| file.rewind())
             .and_then(|()| writeln!(file, "{}", holder()))
             .and_then(|()| file.flush());
+        let file = Arc::new(file);
+        held.insert(key, Arc::downgrade(&file));
         Ok(ProcessLock { _file: file })
     }
 }
