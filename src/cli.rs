@@ -4,7 +4,7 @@
 //! runs the service.
 
 use crate::replay::{self, input, report::human, Options};
-use crate::settings::parse_duration;
+use crate::settings::{is_grace, parse_duration, MAX_GRACE, MIN_GRACE};
 use crate::simulate::{self, Config, Sdk};
 use std::io::Write;
 use std::path::PathBuf;
@@ -37,8 +37,8 @@ FILE (gzip detected by content; `-` reads standard input) holds any of:
   Resource logs carry no sequence numbers: they are ordered by time, and the report says so.
 
 options:
-  --grace LIST    grace periods to report on, e.g. 2m,5m,10m (default 5m); the recommended one is
-                  always added
+  --grace LIST    grace periods to report on, e.g. 2m,5m,10m (default 5m), each 1s to 30d as the
+                  service's CONNMON_GRACE_PERIOD; the recommended one is always added
   --sweep DUR     the sweep timer modelled (default 30s, the standalone default)
   --flap-threshold N   silent reconnects within the flap window that raise `flapping`, 2 to 64
                   (default 5; the service's CONNMON_FLAP_THRESHOLD)
@@ -72,7 +72,7 @@ options:
   --duplicates RATE      share of events Event Grid delivers twice (default 0.01)
   --retries RATE         share of events delivered late after retries (default 0.002)
   --seed N               random seed (default 1)
-  --grace LIST           grace periods to score (default 5m); the recommended one is added
+  --grace LIST           grace periods to score (default 5m; each 1s to 30d); the recommended one is added
   --out FILE             the events, one Event Grid event per line (default: standard output)
   --truth FILE           write the ground truth and the scores as JSON
   --target URL           POST the events, in delivery order, as Event Grid arrays to a running
@@ -159,6 +159,21 @@ fn durations(flag: &str, v: &str) -> Result<Vec<Duration>, CliError> {
         .collect()
 }
 
+/// Grace periods in the range `CONNMON_GRACE_PERIOD` accepts (`settings::is_grace`): a report on
+/// a grace the service refuses would recommend something an operator cannot set.
+fn graces(flag: &str, v: &str) -> Result<Vec<Duration>, CliError> {
+    let list = durations(flag, v)?;
+    match v.split(',').zip(&list).find(|(_, d)| !is_grace(**d)) {
+        None => Ok(list),
+        Some((p, _)) => Err(usage(format!(
+            "{flag}: `{}` is not a grace period from {} to {} (the range CONNMON_GRACE_PERIOD takes)",
+            p.trim(),
+            human(MIN_GRACE.as_secs() as i64),
+            human(MAX_GRACE.as_secs() as i64)
+        ))),
+    }
+}
+
 /// One duration between `min` and `max` seconds: the range the service's setting of the same
 /// name accepts (settings.rs).
 fn bounded(flag: &str, v: &str, min: u64, max: u64) -> Result<Duration, CliError> {
@@ -198,7 +213,7 @@ fn replay_cmd(args: &[String]) -> Result<(), CliError> {
                 print!("{REPLAY_USAGE}");
                 return Ok(());
             }
-            "--grace" => opts.graces = durations(flag, value(flag, inline, &mut it)?)?,
+            "--grace" => opts.graces = graces(flag, value(flag, inline, &mut it)?)?,
             "--sweep" => {
                 opts.sweep_every = durations(flag, value(flag, inline, &mut it)?)?
                     .into_iter()
@@ -338,7 +353,7 @@ fn simulate_cmd(args: &[String]) -> Result<(), CliError> {
             "--duplicates" => cfg.duplicate_rate = rate(value(flag, inline, &mut it)?)?,
             "--retries" => cfg.retry_rate = rate(value(flag, inline, &mut it)?)?,
             "--seed" => cfg.seed = number(flag, value(flag, inline, &mut it)?, "a whole number")?,
-            "--grace" => graces = durations(flag, value(flag, inline, &mut it)?)?,
+            "--grace" => graces = self::graces(flag, value(flag, inline, &mut it)?)?,
             "--out" => out = Some(value(flag, inline, &mut it)?.into()),
             "--truth" => truth_path = Some(value(flag, inline, &mut it)?.into()),
             "--target" => target = Some(value(flag, inline, &mut it)?.to_string()),

@@ -13,6 +13,7 @@
 //! - [`machine`]: the pure per-identity state machine (`apply`, `claim_due`), no I/O, no clock.
 //! - [`store`]: the `Store` trait and its SQLite implementation (group commit, conditional writes).
 //! - [`alerts`]: the alert wire body and the log line.
+//! - [`answer`]: reading at most a bounded prefix of an HTTP answer (receivers, the token endpoint).
 //! - [`channels`]: the `Channel` trait, each channel, and the `Notifier` draining the outbox.
 //! - [`scope`]: glob patterns, include/exclude scope, per-pattern grace periods, silences.
 //! - [`monitor`]: the service tying decode → store → alerts together; counters; sweeps; the status
@@ -22,6 +23,8 @@
 //! - [`api`]: the status API's views and cursors; [`dashboard`]: the status page;
 //!   [`metrics`]: counters in the Prometheus text format and as Functions-mode log lines.
 //! - [`server`]: the axum router and its status codes; [`status_routes`]: the read-only routes.
+//! - [`listen`]: the accept loop — header timeout, graceful shutdown, the connection cap sized
+//!   from the open-file limit.
 //! - [`settings`]: environment → validated `Settings`.
 //! - [`log`]: log lines (stdout for information, stderr for problems and alerts).
 //! - [`replay`]: `connmon replay` — history through the production machine on a virtual clock, the
@@ -30,11 +33,13 @@
 //! - [`cli`]: the subcommands' argument parsing and I/O (`main` dispatches to it).
 
 pub mod alerts;
+pub mod answer;
 pub mod api;
 pub mod channels;
 pub mod cli;
 pub mod dashboard;
 pub mod decode;
+pub mod listen;
 pub mod log;
 pub mod logs;
 pub mod machine;
@@ -197,7 +202,9 @@ pub async fn run(
         // forwards a request, and connmon listens on 127.0.0.1 only.
         Mode::Functions { .. } => (None, server::ApiAccess::Open),
     };
-    let result = server::serve(listener, server::app(monitor, key, api), shutdown).await;
+    let open_files = listen::raise_open_file_limit().unwrap_or(1024);
+    let app = server::app(monitor, key, api);
+    let result = listen::serve(listener, app, listen::connection_cap(open_files), shutdown).await;
     if let Some(t) = ticker {
         t.abort();
     }

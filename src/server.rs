@@ -25,7 +25,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,9 +34,6 @@ use std::time::Duration;
 
 /// Largest accepted request body: Event Grid's own limit for one event and for one array.
 pub const MAX_BODY: usize = 1024 * 1024;
-/// A client must send a request's headers within this long (also between keep-alive requests),
-/// or its connection is closed: slow-loris clients cannot pile up connections.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client must send the whole body within this long, or gets 408. Event Grid itself waits 30 s
 /// for an answer.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(20);
@@ -53,7 +50,7 @@ pub enum ApiAccess {
     Off,
 }
 
-/// Builds the router. Tests call it in-process; [`serve`] serves it on a socket. With a `key`
+/// Builds the router. Tests call it in-process; `listen::serve` serves it on a socket. With a `key`
 /// (standalone `CONNMON_WEBHOOK_KEY`) the event and timer routes want it; `api` says who may read
 /// the status routes.
 pub fn app(monitor: Arc<Monitor>, key: Option<Secret<String>>, api: ApiAccess) -> Router {
@@ -79,47 +76,6 @@ pub fn app(monitor: Arc<Monitor>, key: Option<Secret<String>>, api: ApiAccess) -
         .route("/", get(health))
         .fallback(not_found)
         .with_state(monitor)
-}
-
-/// Serves `app` on `listener` until `shutdown` resolves, then lets requests in flight finish (up to
-/// 10 s). HTTP/1.1 with [`HEADER_READ_TIMEOUT`]; a failed `accept` (out of file descriptors, say)
-/// is retried after a pause instead of ending the server.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    crate::log::warn(format_args!("cannot accept a connection: {e}"));
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(
-                TokioIo::new(stream),
-                hyper_util::service::TowerToHyperService::new(app.clone()),
-            );
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
-    Ok(())
 }
 
 /// A key setting (`CONNMON_WEBHOOK_KEY`, `CONNMON_API_KEY`), kept only as its digest, and how
@@ -264,10 +220,17 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, msg) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
-            ApiError::TooLarge => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body is larger than {MAX_BODY} bytes"),
-            ),
+            ApiError::TooLarge => {
+                // The rest of the body (past what was drained) is not read: the connection ends.
+                let mut resp = (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    Json(json!({ "error": format!("body is larger than {MAX_BODY} bytes") })),
+                )
+                    .into_response();
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return resp;
+            }
             ApiError::Timeout => (
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
@@ -281,23 +244,62 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Reads the whole body (chunked or not) up to [`MAX_BODY`].
+/// Reads the whole body (chunked or not) up to [`MAX_BODY`]. A larger body is answered `413`
+/// only after it has been read on (and thrown away) up to [`DRAIN_LIMIT`] or for [`DRAIN_TIME`]:
+/// a client that writes its whole request before it reads (Python's `urllib`, most scripts)
+/// would otherwise find the connection reset under its feet and never see the answer.
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        drain(body).await;
         return Err(ApiError::TooLarge);
     }
-    let read = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, MAX_BODY).collect());
+    let mut body = body;
+    let mut kept = Vec::new();
+    let read = tokio::time::timeout(BODY_READ_TIMEOUT, async {
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else {
+                continue; // trailers
+            };
+            if kept.len() + data.len() > MAX_BODY {
+                return Ok(false);
+            }
+            kept.extend_from_slice(&data);
+        }
+        Ok::<bool, axum::Error>(true)
+    });
     match read.await.map_err(|_| ApiError::Timeout)? {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::TooLarge),
+        Ok(true) => Ok(Bytes::from(kept)),
+        Ok(false) => {
+            drain(body).await;
+            Err(ApiError::TooLarge)
+        }
         Err(e) => Err(ApiError::BadRequest(format!(
             "cannot read the request body: {e}"
         ))),
     }
+}
+
+/// How much of a body over [`MAX_BODY`] is read and thrown away before the `413`.
+pub const DRAIN_LIMIT: usize = 4 * MAX_BODY;
+/// How long a body over [`MAX_BODY`] is read on before the `413`.
+pub const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// Reads `body` to its end and discards it, for at most [`DRAIN_LIMIT`] bytes or [`DRAIN_TIME`].
+async fn drain(mut body: Body) {
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// The JSON object the Functions host expects from every successful invocation.

@@ -143,8 +143,16 @@ impl fmt::Display for SettingsError {
 
 impl std::error::Error for SettingsError {}
 
-/// The longest grace period accepted (default or per pattern).
-const MAX_GRACE: Duration = Duration::from_secs(30 * 86_400);
+/// The shortest grace period accepted (default or per pattern, and `connmon replay --grace`): a
+/// shorter one alerts on every SAS-token renewal, whose reconnect takes longer than that.
+pub const MIN_GRACE: Duration = Duration::from_secs(1);
+/// The longest grace period accepted (default or per pattern, and `connmon replay --grace`).
+pub const MAX_GRACE: Duration = Duration::from_secs(30 * 86_400);
+
+/// Whether `d` is a grace period the service accepts: from [`MIN_GRACE`] to [`MAX_GRACE`].
+pub fn is_grace(d: Duration) -> bool {
+    (MIN_GRACE..=MAX_GRACE).contains(&d)
+}
 
 const DURATION_FORMS: &str =
     "expected a duration such as 90s, 5m, 1h30m, 2d, plain seconds (300) or a .NET TimeSpan (00:05:00)";
@@ -167,17 +175,18 @@ impl Settings {
 
         let grace = match get("CONNMON_GRACE_PERIOD") {
             None => Duration::from_secs(300),
-            Some(v) => {
-                parse_duration(&v).ok_or_else(|| bad("CONNMON_GRACE_PERIOD", &v, DURATION_FORMS))?
-            }
+            Some(v) => match parse_duration(&v) {
+                None => return Err(bad("CONNMON_GRACE_PERIOD", &v, DURATION_FORMS)),
+                Some(d) if !is_grace(d) => {
+                    return Err(bad(
+                        "CONNMON_GRACE_PERIOD",
+                        &v,
+                        &format!("the grace period must be at least 1s and at most 30 days ({DURATION_FORMS})"),
+                    ))
+                }
+                Some(d) => d,
+            },
         };
-        if grace > MAX_GRACE {
-            return Err(bad(
-                "CONNMON_GRACE_PERIOD",
-                &get("CONNMON_GRACE_PERIOD").unwrap_or_default(),
-                "the grace period must be at most 30 days",
-            ));
-        }
 
         // Webhook URLs carry their credential (a token in the path or `sig=` in the query).
         let secret_url = |name: &'static str| -> Result<Option<Secret<String>>, SettingsError> {
@@ -254,14 +263,14 @@ impl Settings {
                     let parsed = item.rsplit_once('=').and_then(|(glob, d)| {
                         Some(GraceOverride {
                             pattern: Pattern::new(glob)?,
-                            grace: parse_duration(d).filter(|d| *d <= MAX_GRACE)?,
+                            grace: parse_duration(d).filter(|d| is_grace(*d))?,
                         })
                     });
                     parsed.ok_or_else(|| {
                         bad(
                             "CONNMON_GRACE_OVERRIDES",
                             item.trim(),
-                            &format!("expected comma-separated glob=duration items such as `pump-*=15m,*/$edgeAgent=1h` ({DURATION_FORMS}, at most 30 days)"),
+                            &format!("expected comma-separated glob=duration items such as `pump-*=15m,*/$edgeAgent=1h` ({DURATION_FORMS}, at least 1s and at most 30 days)"),
                         )
                     })
                 })

@@ -27,6 +27,7 @@ pub mod teams;
 pub mod webhook;
 
 use crate::alerts::AlertBody;
+use crate::answer;
 use crate::log;
 use crate::model::Timestamp;
 use crate::store::{BoxFuture, QueuedAlert, Store, StoreError};
@@ -157,9 +158,12 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
-/// POSTs a JSON body; any 2xx is success unless `accept` says otherwise about the answer's body.
-/// Every failure's text is scrubbed of `secrets` (see [`people::url_secrets`]) before anything
-/// is shortened, so an answer that echoes the credential cannot leak even part of it.
+/// POSTs a JSON body; any 2xx is success unless `accept` says otherwise about the answer's body,
+/// of which only the first [`answer::PREFIX`] bytes are read (a receiver answering without end
+/// costs that much and no time). Every failure's text is scrubbed of `secrets` (see
+/// [`people::url_secrets`]) before anything is shortened, so an answer that echoes the credential
+/// cannot leak even part of it: the failure texts keep a few dozen characters of the prefix's
+/// start, so a credential cut in two where the prefix ends never reaches them.
 pub async fn post_json(
     client: &reqwest::Client,
     url: &str,
@@ -176,7 +180,10 @@ pub async fn post_json(
         .map_err(|e| people::scrub(Failure::Transient(describe(e)), secrets))?;
     let status = resp.status().as_u16();
     let after = retry_after(resp.headers());
-    let text = people::scrub_text(resp.text().await.unwrap_or_default(), secrets);
+    let body = answer::prefix(resp, answer::PREFIX)
+        .await
+        .unwrap_or_default();
+    let text = people::scrub_text(String::from_utf8_lossy(&body).into_owned(), secrets);
     if (200..300).contains(&status) {
         return accept(status, &text).map_err(|f| people::scrub(f, secrets));
     }

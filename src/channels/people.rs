@@ -391,10 +391,6 @@ impl Pace {
     }
 }
 
-/// The parts of a webhook URL that carry its credential — the whole URL, its path segments and
-/// query values (Slack's token is the last path segment, Teams' `sig` a query value) — for
-/// [`scrub`]. Parts shorter than 16 characters (`services`, `invoke`, `2016-06-01`) are left out:
-/// they are not the credential and replacing them would garble messages.
 /// One paced POST of a people-channel message to a webhook whose URL is the credential: waits
 /// for the pace, posts, and scrubs the URL (and its path segments) from any failure text.
 pub async fn post_paced(
@@ -408,6 +404,10 @@ pub async fn post_paced(
     super::post_json(client, url, body, &url_secrets(url), accept).await
 }
 
+/// The parts of a webhook URL that carry its credential — the whole URL, its path segments and
+/// query values (Slack's token is the last path segment, Teams' `sig` a query value) — for
+/// [`scrub`]. Parts shorter than 16 characters (`services`, `invoke`, `2016-06-01`) are left out:
+/// they are not the credential and replacing them would garble messages.
 pub fn url_secrets(url: &str) -> Vec<String> {
     let mut out = vec![url.to_string()];
     if let Ok(u) = reqwest::Url::parse(url) {

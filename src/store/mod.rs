@@ -8,6 +8,7 @@
 //!   same atomic write, so it is queued exactly once and survives a crash before delivery;
 //! - a sweep reads only what is due (an index on the outage start), never every identity.
 
+mod lock;
 pub mod sqlite;
 pub mod table;
 

@@ -7,9 +7,11 @@
 //! back whole and every caller in it gets the error, so nothing is acknowledged that is not on disk.
 //!
 //! Rows are written conditionally (`version` must match what was read, inserts must not find a row),
-//! so two processes on one file — which SQLite serialises with its write lock — can never lose an
-//! update either.
+//! so a bug cannot lose an update silently. One process per file: opening takes the lock of
+//! `store/lock.rs` (a second process refuses to start), since two processes sweeping one file would
+//! both deliver every alert.
 
+use super::lock::ProcessLock;
 use super::{
     decode_times, encode_times, Applied, BoxFuture, Counts, IdentityRecord, Overview, QueuedAlert,
     QuietCheck, Store, StoreConfig, StoreError,
@@ -176,6 +178,8 @@ pub struct SqliteStore {
     /// wait for it), run on tokio's blocking pool.
     reader: Arc<std::sync::Mutex<Connection>>,
     policy: Policy,
+    /// One process per file: held while this handle lives (see `store/lock.rs`).
+    _lock: ProcessLock,
 }
 
 fn db_err(e: rusqlite::Error) -> StoreError {
@@ -196,6 +200,8 @@ impl SqliteStore {
     }
 
     fn open_file(path: &Path, cfg: StoreConfig) -> Result<SqliteStore, StoreError> {
+        // Before the database is touched: a second process must not even upgrade its layout.
+        let lock = ProcessLock::take(path)?;
         let conn = Connection::open(path).map_err(|e| {
             StoreError::Unavailable(format!("cannot open SQLite file {}: {e}", path.display()))
         })?;
@@ -278,6 +284,7 @@ impl SqliteStore {
             tx,
             reader: Arc::new(std::sync::Mutex::new(reader)),
             policy,
+            _lock: lock,
         })
     }
 

@@ -1192,3 +1192,59 @@ fn without_a_queue_binding_the_outputs_stay_empty() {
         .json();
     assert_eq!(body["Outputs"], serde_json::json!({}));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Receivers that answer without end
+
+/// Every channel's receiver answers `code` with a body that does not end (64 MiB as fast as it is
+/// read, then silence): connmon reads a short prefix of each answer and stops, so the sweep is
+/// prompt and the process's peak memory stays small. Read whole, the answers took the 10 s
+/// timeout and hundreds of MiB.
+fn endless_answers(code: u16) -> (Sweep, Duration, u64, u64) {
+    let endless = || Receiver::start_then(vec![], Answer::Endless(code));
+    let rig = Rig::with(endless(), endless(), endless(), endless(), &[]);
+    rig.cm.event(&disconnected("endless", 1, &ago(600)));
+    let before = rig.cm.peak_rss_kib();
+    let started = Instant::now();
+    let sweep = rig.cm.sweep();
+    let took = started.elapsed();
+    let after = rig.cm.peak_rss_kib();
+    rig.assert_no_secret();
+    (sweep, took, before, after)
+}
+
+/// Peak memory (KiB) the sweeps below may add: four answers' prefixes are a few hundred KiB.
+const ENDLESS_RSS_GROWTH_KIB: u64 = 16 << 10;
+
+#[test]
+fn an_endless_200_is_read_only_as_far_as_needed() {
+    let (s, took, before, after) = endless_answers(200);
+    eprintln!("endless 200: sweep {took:?}, VmHWM {before} KiB -> {after} KiB");
+    // Any 2xx delivers for the webhook, Teams and PagerDuty (its answer is not JSON); Slack wants
+    // `ok` and gets something else, so its alert waits for a retry.
+    assert_eq!((s.new_alerts, s.delivered, s.queued), (1, 3, 1), "{s:?}");
+    assert!(
+        s.logs[0].contains("slack: HTTP 200 without `ok` (xxxx"),
+        "{s:?}"
+    );
+    assert!(took < Duration::from_secs(3), "the sweep took {took:?}");
+    assert!(
+        after < before + ENDLESS_RSS_GROWTH_KIB,
+        "VmHWM {before} KiB -> {after} KiB"
+    );
+}
+
+#[test]
+fn an_endless_500_is_read_only_as_far_as_needed() {
+    let (s, took, before, after) = endless_answers(500);
+    eprintln!("endless 500: sweep {took:?}, VmHWM {before} KiB -> {after} KiB");
+    assert_eq!((s.new_alerts, s.delivered, s.queued), (1, 0, 4), "{s:?}");
+    for ch in ["webhook", "teams", "slack", "pagerduty"] {
+        assert!(s.logs[0].contains(&format!("{ch}: HTTP 500 xxxx")), "{s:?}");
+    }
+    assert!(took < Duration::from_secs(3), "the sweep took {took:?}");
+    assert!(
+        after < before + ENDLESS_RSS_GROWTH_KIB,
+        "VmHWM {before} KiB -> {after} KiB"
+    );
+}

@@ -939,10 +939,10 @@ fn check_settings(env: Vec<(&'static str, String)>, t: &mut Tally) -> Result<(),
             let within = |d: Duration, lo: u64, hi: u64| {
                 (Duration::from_secs(lo)..=Duration::from_secs(hi)).contains(&d)
             };
-            let mut ok = within(s.grace, 0, 30 * 86_400)
+            let mut ok = within(s.grace, 1, 30 * 86_400)
                 && s.grace_overrides
                     .iter()
-                    .all(|o| within(o.grace, 0, 30 * 86_400))
+                    .all(|o| within(o.grace, 1, 30 * 86_400))
                 && (2..=64).contains(&s.flap_threshold)
                 && within(s.flap_window, 60, 7 * 86_400)
                 && s.remind_every.is_none_or(|r| within(r, 60, 30 * 86_400))

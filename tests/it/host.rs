@@ -629,58 +629,6 @@ fn a_store_failure_answers_503_and_acknowledges_nothing() {
 }
 
 #[test]
-fn two_processes_on_one_sqlite_file_agree() {
-    let evs = fleet();
-    let first = Connmon::functions(SHORT);
-    let db = first.db_path().to_string_lossy().into_owned();
-    let second =
-        Connmon::functions(&[("CONNMON_GRACE_PERIOD", "2s"), ("CONNMON_SQLITE_PATH", &db)]);
-    let mut shuffled = evs.clone();
-    Rng(0x5eed_1234_abcd_0001).shuffle(&mut shuffled);
-    std::thread::scope(|scope| {
-        for (t, part) in shuffled.chunks(25).enumerate() {
-            let port = if t % 2 == 0 { first.port } else { second.port };
-            scope.spawn(move || {
-                for ev in part {
-                    let body = invocation(encode(&ev.eg(), Enc::StrInStr));
-                    let resp = Request::post("/ConnectionEvent")
-                        .host_headers()
-                        .body(body.to_string().into_bytes())
-                        .send(port);
-                    host_logs(&resp);
-                }
-            });
-        }
-    });
-    let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| first.sweep());
-        let b = s.spawn(|| second.sweep());
-        (a.join().unwrap(), b.join().unwrap())
-    });
-    assert_eq!(a.new_alerts + b.new_alerts, 25, "{a:?} {b:?}");
-    let mut devices: Vec<String> = a
-        .alert_lines()
-        .into_iter()
-        .chain(b.alert_lines())
-        .map(|l| {
-            l.split("device=\"")
-                .nth(1)
-                .unwrap()
-                .split('"')
-                .next()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    devices.sort();
-    let odd: Vec<String> = (0..50)
-        .filter(|d| d % 2 == 1)
-        .map(|d| format!("fleet-{d:02}"))
-        .collect();
-    assert_eq!(devices, odd);
-}
-
-#[test]
 fn a_newer_disconnect_within_grace_restarts_the_outage() {
     let cm = Connmon::functions(LONG);
     cm.event(&disconnected("flapping", 1, &ago(600)));

@@ -22,6 +22,7 @@ mod crash;
 mod dashboard;
 mod faults;
 mod host;
+mod http_edge;
 mod multi_instance;
 mod replay;
 mod restart;

@@ -123,3 +123,43 @@ fn sigterm_shuts_down_cleanly_with_exit_code_0() {
     cm.start_again();
     assert_eq!(cm.sweep().new_alerts, 1);
 }
+
+/// One process per SQLite file (an overlapping restart, two containers on one volume): a second
+/// process on the file refuses to start with exit code 1 and one line naming the file and the
+/// holder; the first keeps working; after the first is killed with SIGKILL a new process starts
+/// on the file at once (the lock dies with its process).
+#[test]
+fn a_second_process_on_the_same_sqlite_file_refuses_to_start() {
+    let rx = Receiver::start(vec![]);
+    let url = rx.url(&format!("/hook?code={SECRET}"));
+    let mut first = Connmon::functions(&settings(&url));
+    let db = first.db_path().display().to_string();
+    let port = free_port().to_string();
+    let mut env = settings(&url).to_vec();
+    env.extend([
+        ("CONNMON_SQLITE_PATH", db.as_str()),
+        ("FUNCTIONS_CUSTOMHANDLER_PORT", port.as_str()),
+    ]);
+    let second = run_to_exit(&env);
+    assert_eq!(second.code, Some(1), "{second:?}");
+    let lines: Vec<&str> = second.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {second:?}");
+    assert!(
+        lines[0].contains(&db) && lines[0].contains(&format!("pid {}", first.pid())),
+        "names the file and the holder: {second:?}"
+    );
+    assert!(!second.stderr.contains(SECRET), "{second:?}");
+
+    // The first keeps working.
+    let ev = disconnected("single", 1, &ago(600));
+    assert!(first.event(&ev)[0].contains("[opened=1]"));
+    let s = first.sweep();
+    assert_eq!((s.new_alerts, s.delivered), (1, 1), "{s:?}");
+
+    // SIGKILL, then a new process on the same file starts and has the state.
+    first.kill();
+    first.start_again();
+    assert!(first.event(&ev)[0].contains("[duplicate=1]"));
+    assert_eq!(first.sweep().new_alerts, 0, "claimed once, before the kill");
+    assert_eq!(rx.delivered().len(), 1);
+}

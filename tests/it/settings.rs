@@ -336,3 +336,92 @@ fn a_timespan_past_u64_seconds_is_refused_not_wrapped() {
     let err = load(&[("CONNMON_GRACE_PERIOD", "213503982334601.23:59:59")]).unwrap_err();
     assert_eq!(err.name, "CONNMON_GRACE_PERIOD");
 }
+
+/// A grace period under one second alerts on every SAS-token renewal (a reconnect takes longer
+/// than that), so it is refused wherever a grace period is given.
+const TOO_SHORT: [&str; 6] = ["0", "0s", "0ms", "999ms", "00:00:00", "00:00:00.5"];
+
+#[test]
+fn a_grace_period_under_one_second_is_refused() {
+    for value in TOO_SHORT {
+        let e = load(&[("CONNMON_GRACE_PERIOD", value)]).unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(e.name, "CONNMON_GRACE_PERIOD", "{msg}");
+        assert!(
+            msg.contains(&format!("{value:?}")) && msg.contains("at least 1s"),
+            "{msg}"
+        );
+        assert!(msg.contains("90s, 5m, 1h30m"), "the accepted forms: {msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+    }
+    for (value, millis) in [("1s", 1_000), ("1000ms", 1_000), ("00:00:01", 1_000)] {
+        let s = load(&[("CONNMON_GRACE_PERIOD", value)]).unwrap();
+        assert_eq!(s.grace, Duration::from_millis(millis), "{value}");
+    }
+}
+
+#[test]
+fn a_grace_override_under_one_second_is_refused() {
+    for value in TOO_SHORT {
+        let setting = format!("slow-*=15m,pump-*={value}");
+        let e = load(&[("CONNMON_GRACE_OVERRIDES", &setting)]).unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(e.name, "CONNMON_GRACE_OVERRIDES", "{msg}");
+        assert!(
+            msg.contains(&format!("pump-*={value}")) && msg.contains("at least 1s"),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'), "one line: {msg}");
+    }
+    let s = load(&[("CONNMON_GRACE_OVERRIDES", "pump-*=1s")]).unwrap();
+    assert_eq!(s.grace_overrides[0].grace, Duration::from_secs(1));
+}
+
+#[test]
+fn the_binary_refuses_a_zero_grace_with_one_line_and_exit_code_2() {
+    for (name, value) in [
+        ("CONNMON_GRACE_PERIOD", "0"),
+        ("CONNMON_GRACE_PERIOD", "0ms"),
+        ("CONNMON_GRACE_OVERRIDES", "pump-*=0"),
+    ] {
+        let exit = crate::support::run_to_exit(&[(name, value)]);
+        assert_eq!(exit.code, Some(2), "{name}={value}: {exit:?}");
+        let lines: Vec<&str> = exit.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line on stderr: {exit:?}");
+        assert!(
+            lines[0].contains(name) && lines[0].contains(value),
+            "{exit:?}"
+        );
+    }
+}
+
+/// `connmon replay --grace` and `connmon simulate --grace` take the range the setting takes: a
+/// report on a grace the service refuses would recommend nothing an operator can use.
+#[test]
+fn replay_and_simulate_refuse_the_graces_the_setting_refuses() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_connmon"))
+            .args(args)
+            .output()
+            .expect("run connmon")
+    };
+    for command in ["replay", "simulate"] {
+        for grace in ["500ms", "5m,999ms", "31d"] {
+            let mut args = vec![command, "--grace", grace];
+            if command == "replay" {
+                args.push("/nonexistent/history.jsonl");
+            }
+            let out = run(&args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{command} --grace {grace}: {stderr}"
+            );
+            assert!(
+                stderr.contains("--grace") && stderr.contains("from 1s to 30d"),
+                "{command} --grace {grace}: {stderr}"
+            );
+        }
+    }
+}

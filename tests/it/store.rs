@@ -32,12 +32,15 @@ fn ev(device: &str, n: u64, connected: bool, t: i64) -> ConnectionEvent {
     }
 }
 
-fn open(path: &Path) -> SqliteStore {
-    let cfg = StoreConfig {
+fn config() -> StoreConfig {
+    StoreConfig {
         policy: Policy::new(Duration::from_secs(300)),
         channels: vec!["log".into()],
-    };
-    SqliteStore::open(path, cfg).unwrap()
+    }
+}
+
+fn open(path: &Path) -> SqliteStore {
+    SqliteStore::open(path, config()).unwrap()
 }
 
 #[tokio::test]
@@ -135,10 +138,7 @@ async fn a_file_with_another_data_layout_is_refused_with_a_clear_message() {
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
-    let cfg = StoreConfig {
-        policy: Policy::new(Duration::from_secs(300)),
-        channels: vec!["log".into()],
-    };
+    let cfg = config();
     let err = SqliteStore::open(&path, cfg.clone())
         .err()
         .expect("refused");
@@ -208,4 +208,40 @@ async fn a_layout_1_file_is_upgraded_in_place_keeping_its_identities() {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
     assert_eq!(v, connmon::store::sqlite::SCHEMA_VERSION);
+}
+
+/// One process per SQLite file: the lock beside it is held while a store is open — shared by the
+/// stores of one process (the conformance tests' instances) — naming this process, and released
+/// when the last one closes. (Another process is refused: `restart.rs`.)
+#[tokio::test]
+async fn the_lock_beside_the_file_is_held_while_a_store_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let lock_path = dir.path().join("c.db.lock");
+    let other_process = || {
+        let f = std::fs::File::open(&lock_path).expect("the lock file exists");
+        let free = f.try_lock().is_ok();
+        (free, std::fs::read_to_string(&lock_path).unwrap())
+    };
+    let first = open(&path);
+    let second = open(&path);
+    let (free, holder) = other_process();
+    assert!(!free, "held while the stores are open");
+    assert!(
+        holder.starts_with(&format!("pid {}", std::process::id())),
+        "{holder:?}"
+    );
+    first
+        .apply(vec![ev("one", 1, false, 0)], at(0))
+        .await
+        .unwrap();
+    drop(first);
+    assert!(!other_process().0, "held while one store is open");
+    assert!(second
+        .identity(Identity::new("Hub", "one", None))
+        .await
+        .unwrap()
+        .is_some());
+    drop(second);
+    assert!(other_process().0, "released when the last store closes");
 }

@@ -209,6 +209,17 @@ impl Connmon {
         self.child.as_ref().expect("running").id()
     }
 
+    /// The most memory the running process has held so far (`VmHWM`, peak resident set), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmHWM in {status}"))
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.dir.path().join("connmon.db")
     }
@@ -947,16 +958,24 @@ pub enum Answer {
     /// Wait, then answer as the inner answer says: a slow receiver, or with `Close` inside one
     /// that hangs until the sender gives up.
     After(Duration, Box<Answer>),
+    /// A status and a chunked body that does not end: [`ENDLESS_BYTES`] as fast as the client
+    /// takes them, then nothing until the client gives up (or 15 s pass), then the connection is
+    /// closed without the last chunk.
+    Endless(u16),
 }
+
+/// What an [`Answer::Endless`] sends at most before it falls silent.
+pub const ENDLESS_BYTES: usize = 64 << 20;
 
 impl Answer {
     /// The status the receiver will answer with (`None`: it closes without answering).
     fn code(&self) -> Option<u16> {
         match self {
             Answer::Close => None,
-            Answer::Status(code) | Answer::StatusWith(code, _) | Answer::Text(code, _, _) => {
-                Some(*code)
-            }
+            Answer::Status(code)
+            | Answer::StatusWith(code, _)
+            | Answer::Text(code, _, _)
+            | Answer::Endless(code) => Some(*code),
             Answer::After(_, inner) => inner.code(),
         }
     }
@@ -1175,8 +1194,35 @@ fn answer_with(conn: &mut TcpStream, answer: Answer) -> bool {
         Answer::Status(code) => write_answer(conn, code, &[], "{}"),
         Answer::StatusWith(code, headers) => write_answer(conn, code, &headers, "{}"),
         Answer::Text(code, headers, body) => write_answer(conn, code, &headers, &body),
+        Answer::Endless(code) => {
+            write_endless(conn, code);
+            return false;
+        }
     }
     true
+}
+
+/// [`Answer::Endless`]: chunks until [`ENDLESS_BYTES`] are sent or the client stops reading
+/// (closes), then silence until the client closes or 15 s pass.
+fn write_endless(conn: &mut TcpStream, code: u16) {
+    let head = format!("HTTP/1.1 {code} Scripted\r\nTransfer-Encoding: chunked\r\n\r\n");
+    if conn.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let data = vec![b'x'; 64 << 10];
+    let mut chunk = format!("{:x}\r\n", data.len()).into_bytes();
+    chunk.extend_from_slice(&data);
+    chunk.extend_from_slice(b"\r\n");
+    let mut sent = 0;
+    while sent < ENDLESS_BYTES {
+        if conn.write_all(&chunk).is_err() {
+            return;
+        }
+        sent += data.len();
+    }
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(15)));
+    let _ = conn.read(&mut [0u8; 1]);
+    let _ = conn.shutdown(Shutdown::Both);
 }
 
 fn write_answer(conn: &mut TcpStream, code: u16, headers: &[(String, String)], body: &str) {

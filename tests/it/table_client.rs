@@ -1852,3 +1852,42 @@ async fn batch_finds_the_failed_operation_in_the_documented_error_responses() {
         );
     }
 }
+
+/// A token endpoint that answers with a body that does not end (64 MiB as fast as it is read,
+/// then silence): the token request fails at once on a short prefix, instead of buffering the
+/// answer until the 10 s request timeout.
+#[tokio::test]
+async fn an_endless_token_answer_fails_at_once() {
+    use crate::support::{Answer, Receiver};
+    use connmon::store::table::auth::TokenSource;
+    for code in [200, 500] {
+        let endpoint = Receiver::start_then(vec![], Answer::Endless(code));
+        let tokens = TokenSource::new(
+            ManagedIdentity {
+                endpoint: endpoint.url("/msi/token"),
+                header: Secret::new("the-identity-header".into()),
+                client_id: None,
+                resource: STORAGE_RESOURCE.into(),
+            },
+            reqwest::Client::builder()
+                .timeout(ClientOptions::default().request_timeout)
+                .build()
+                .unwrap(),
+        );
+        let started = Instant::now();
+        let err = tokens
+            .token()
+            .await
+            .expect_err("an endless answer is no token");
+        let took = started.elapsed();
+        let text = err.to_string();
+        assert!(text.contains("managed identity endpoint"), "{code}: {text}");
+        if code == 500 {
+            assert!(text.contains("answered 500"), "{text}");
+        }
+        assert!(
+            took < Duration::from_secs(2),
+            "{code}: took {took:?}: {text}"
+        );
+    }
+}

@@ -230,12 +230,15 @@ impl TokenSource {
                 ))
             })?;
         let status = resp.status().as_u16();
-        let body = resp.bytes().await.map_err(|e| {
-            TableError::Transient(format!(
-                "managed identity token response could not be read: {}",
-                e.without_url()
-            ))
-        })?;
+        // A token is a few KiB: an endless answer must not be buffered until the timeout.
+        let body = crate::answer::prefix(resp, crate::answer::PREFIX)
+            .await
+            .map_err(|e| {
+                TableError::Transient(format!(
+                    "managed identity token response could not be read: {}",
+                    e.without_url()
+                ))
+            })?;
         if status != 200 {
             // The endpoint's error bodies carry a message but never a token; keep a short line.
             let detail = serde_json::from_slice::<serde_json::Value>(&body)
