@@ -76,6 +76,7 @@ fn populated(extra: &[(&str, &str)]) -> Connmon {
 }
 
 #[test]
+#[ignore = "needs Chromium: run scripts/test"]
 fn the_dashboard_in_a_real_browser() {
     let chromium = chromium();
     let cm = populated(&[]);
@@ -281,6 +282,7 @@ fn check_dom(dom: &Dom) {
 }
 
 #[test]
+#[ignore = "needs Chromium: run scripts/test"]
 fn with_an_api_key_the_page_wants_the_code_and_its_refresh_keeps_it() {
     let chromium = chromium();
     let cm = populated(&[("CONNMON_API_KEY", API_KEY)]);
@@ -352,7 +354,7 @@ fn chromium() -> Chromium {
     panic!(
         "headless Chromium is needed for the dashboard tests and neither `chromium` nor \
          `chromium-browser` is on PATH: install Debian's package with \
-         `apt-get install --no-install-recommends chromium` (.ci/run does this)"
+         `apt-get install --no-install-recommends chromium` (scripts/test does this when it can)"
     );
 }
 

@@ -14,6 +14,7 @@ mod model;
 mod settings;
 mod status_core;
 mod store;
+mod suite;
 mod table_client;
 
 mod alert_webhook;
