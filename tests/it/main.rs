@@ -24,6 +24,7 @@ mod dashboard;
 mod faults;
 mod host;
 mod multi_instance;
+mod readme;
 mod replay;
 mod restart;
 mod standalone;
