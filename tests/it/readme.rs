@@ -27,6 +27,11 @@ fn run_walkthrough(blocks: &[String], port: u16) -> Vec<String> {
         script.push_str(&b.replace("127.0.0.1:8080", &format!("127.0.0.1:{port}")));
         script.push_str(&format!("\nprintf '{}'\n", MARK.replace('\n', "\\n")));
     }
+    let curl = Command::new("curl").arg("--version").output();
+    assert!(
+        curl.is_ok_and(|o| o.status.success()),
+        "the walkthrough needs curl (scripts/test installs it; Debian: apt-get install curl)"
+    );
     let out = Command::new("bash")
         .arg("-c")
         .arg(&script)
