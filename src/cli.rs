@@ -45,6 +45,9 @@ options:
   --flap-window DUR    the flapping window, 1m to 7d (default 30m; CONNMON_FLAP_WINDOW)
   --remind-every DUR   repeat still-open `disconnected` alerts this often, 1m to 30d (default:
                   never; CONNMON_REMIND_EVERY)
+  --until TIME    run the clock on to TIME (RFC 3339, e.g. when the history was exported; not
+                  before the last event; default: the last event), so outages past their grace
+                  by then alert
   --json          print the report as JSON instead of text
   --html FILE     also write the report as a self-contained HTML page with an SVG histogram
   -h, --help      this help
@@ -240,6 +243,14 @@ fn replay_cmd(args: &[String]) -> Result<(), CliError> {
                     30 * 86_400,
                 )?)
             }
+            "--until" => {
+                let v = value(flag, inline, &mut it)?;
+                opts.until = Some(crate::model::Timestamp::parse_rfc3339(v).ok_or_else(|| {
+                    usage(format!(
+                        "--until: `{v}` is not an RFC 3339 time (e.g. 2026-11-27T12:00:00Z)"
+                    ))
+                })?);
+            }
             "--json" => json = true,
             "--html" => html = Some(value(flag, inline, &mut it)?.into()),
             f if f.starts_with("--") => return Err(usage(format!("unknown option `{f}`"))),
@@ -275,6 +286,15 @@ fn replay_cmd(args: &[String]) -> Result<(), CliError> {
     progress.finish();
     drop(inputs);
     let loaded = loader.finish();
+    if let (Some(until), Some(last)) = (opts.until, loaded.timeline.last_time()) {
+        if until < last {
+            return Err(usage(format!(
+                "--until {} is before the last event ({}): the clock cannot stop before the history ends",
+                until.to_rfc3339(),
+                last.to_rfc3339()
+            )));
+        }
+    }
     let report = replay::analyse(&loaded, &opts);
     if let Some(path) = html {
         std::fs::write(&path, replay::html::render(&report))

@@ -451,6 +451,8 @@ th,td{border-color:#2d3238}\
 ul.counts li.bad{background:#3b1512}\
 ul.counts li.warn{background:#33270b}\
 a{color:#8ab4f8}\
+.tl-alert{fill:#f1f3f4}\
+.sw.tl-alert{background:#f1f3f4!important}\
 }";
 
 /// The whole page for `d`; refreshes itself every `refresh_seconds`.
@@ -814,7 +816,10 @@ fn footer(p: &mut Page) {
     p.markup("unknown");
     p.start(
         "span",
-        &[("class", "sw"), ("style", "background:#1a1a1a;width:3px")],
+        &[
+            ("class", "sw tl-alert"),
+            ("style", "background:#1a1a1a;width:3px"),
+        ],
     );
     p.end("span");
     p.markup("alert. All times UTC. The same figures as JSON: ");

@@ -39,6 +39,18 @@ pub struct LogConnection {
 }
 
 impl LogConnection {
+    /// Why the connection ended, as the record says: `resultType` and `resultDescription`, e.g.
+    /// `404104 DeviceConnectionClosedRemotely`; `None` when it says nothing.
+    pub fn reason(&self) -> Option<String> {
+        let parts: Vec<&str> = [&self.result_type, &self.result_description]
+            .into_iter()
+            .flatten()
+            .map(|p| p.trim())
+            .filter(|p| !p.is_empty())
+            .collect();
+        (!parts.is_empty()).then(|| parts.join(" "))
+    }
+
     /// 400027 ConnectionForcefullyClosedOnNewConnection: a second client took over the identity.
     pub fn forcefully_closed(&self) -> bool {
         self.result_type.as_deref() == Some("400027")

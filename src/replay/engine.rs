@@ -7,8 +7,9 @@
 //! `sweep_every` anchored at the Unix epoch, like the standalone ticker: before each event, every
 //! timer tick strictly before its receipt at which something is due is run (a priority queue of
 //! due times, checked lazily against `IdentityState::due_at`, the value the stores index). After
-//! the last event, ticks up to and including the last receipt time run. Events received in the
-//! same instant as a tick are applied before it.
+//! the last event, ticks up to and including the end of the clock run: the last receipt time, or a
+//! later time given to [`run_until`] (when the history was exported). Events received in the same
+//! instant as a tick are applied before it.
 
 use crate::machine::{
     self, apply_in_place, claim_due, Alert, Claim, IdentityState, Outage, Outcome, Policy,
@@ -121,13 +122,36 @@ pub struct RunResult {
     pub stale: u64,
     /// Outages still open, without an alert, when the input ended: too young to tell.
     pub open_at_end: u64,
+    /// Every identity offline when the clock stopped (alerted or not), in slot order.
+    pub offline_at_end: Vec<Offline>,
 }
 
-/// Runs the timeline through the machine under `policy`, sweeping every `sweep_every`.
+/// An identity offline when the clock stopped: its slot and its open outage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offline {
+    pub slot: u32,
+    pub outage: Outage,
+}
+
+/// Runs the timeline through the machine under `policy`, sweeping every `sweep_every`, with the
+/// clock stopping at the last event.
 pub fn run<O: Observer>(
     tl: &Timeline,
     policy: &Policy,
     sweep_every: Duration,
+    observer: &mut O,
+) -> RunResult {
+    run_until(tl, policy, sweep_every, None, observer)
+}
+
+/// [`run`], with the clock running on to `until` after the last event when it is later: the
+/// sweeps up to then run, so outages that passed their grace by then alert. An `until` before the
+/// last event changes nothing (the caller refuses one).
+pub fn run_until<O: Observer>(
+    tl: &Timeline,
+    policy: &Policy,
+    sweep_every: Duration,
+    until: Option<Timestamp>,
     observer: &mut O,
 ) -> RunResult {
     let period = (sweep_every.as_millis() as i64).max(1);
@@ -141,9 +165,9 @@ pub fn run<O: Observer>(
                 },
         )
     };
-    // The clock stops at the last receipt: what falls due after it is never swept, so it is not
-    // queued (the analysis pass, whose grace is 30 days, queues nothing).
-    let end = tl.events.iter().map(|e| e.received_at).max();
+    // The clock stops at the last receipt, or at `until`: what falls due after it is never swept,
+    // so it is not queued (the analysis pass, whose grace is 30 days, queues nothing).
+    let end = tl.events.iter().map(|e| e.received_at).max().max(until);
     let reachable = |d: &Timestamp| end.is_some_and(|end| tick_of(*d) <= end);
     let families = tl.families();
     let device_slot = tl.device_slots();
@@ -264,5 +288,15 @@ pub fn run<O: Observer>(
         .iter()
         .filter(|s| s.outage.is_some_and(|o| o.alerted_at.is_none()))
         .count() as u64;
+    out.offline_at_end = states
+        .iter()
+        .enumerate()
+        .filter_map(|(slot, s)| {
+            s.outage.map(|outage| Offline {
+                slot: slot as u32,
+                outage,
+            })
+        })
+        .collect();
     out
 }

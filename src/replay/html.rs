@@ -31,6 +31,8 @@ const LEFT: f64 = 50.0;
 const BOTTOM: f64 = 40.0;
 const TOP: f64 = 20.0;
 const BINS: usize = 48;
+/// Rows of the still-offline table (every identity is in the JSON report).
+const OFFLINE_ROWS: usize = 200;
 
 /// The histogram: log-spaced bins from 1 s to the longest duration (at least 1 h).
 pub fn histogram_svg(report: &Report) -> String {
@@ -135,7 +137,7 @@ fn who(hub: &str, device: &str, module: Option<&str>) -> String {
 pub fn render(report: &Report) -> String {
     let mut o = String::new();
     let i = &report.input;
-    o.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/><title>connmon replay report</title><style>body{font-family:sans-serif;max-width:900px;margin:1em auto;color:#222}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}code{font-size:90%}</style></head><body>");
+    o.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"/><title>connmon replay report</title><style>body{font-family:sans-serif;max-width:900px;margin:1em auto;color:#222}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}code{font-size:90%}</style></head><body>");
     let _ = write!(
         o,
         "<h1>connmon replay</h1><p>{} events, {} identities, {} to {}; ordered by <b>{}</b>{}.</p>",
@@ -198,6 +200,31 @@ pub fn render(report: &Report) -> String {
             );
         }
         o.push_str("</table>");
+    }
+    let _ = write!(
+        o,
+        "<h2>Still offline when the clock stopped</h2><p>{} identities offline at {}.</p><table id=\"still-offline\"><tr><th>identity</th><th>offline since</th><th>for</th><th>reason</th><th>alerted (recommended grace)</th></tr>",
+        report.still_offline.len(),
+        escape(i.until.as_deref().unwrap_or("-"))
+    );
+    for s in report.still_offline.iter().take(OFFLINE_ROWS) {
+        let _ = write!(
+            o,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            who(&s.hub, &s.device_id, s.module_id.as_deref()),
+            escape(&s.since),
+            human(s.offline_seconds),
+            escape(s.reason.as_deref().unwrap_or("-")),
+            escape(s.alerted_at.as_deref().unwrap_or("not yet"))
+        );
+    }
+    o.push_str("</table>");
+    if report.still_offline.len() > OFFLINE_ROWS {
+        let _ = write!(
+            o,
+            "<p>…and {} more (the JSON report lists all).</p>",
+            report.still_offline.len() - OFFLINE_ROWS
+        );
     }
     o.push_str("<h2>Duplicate-identity suspects</h2><ul>");
     for s in &report.duplicate_identity_suspects {

@@ -17,7 +17,7 @@ use super::engine::{TimedEvent, Timeline};
 use super::jsonl;
 use crate::decode::{self, Decoded};
 use crate::logs::{self, LogConnection, LogDecoded};
-use crate::model::{ConnectionEvent, Identity};
+use crate::model::{ConnectionEvent, Identity, Timestamp};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -62,6 +62,22 @@ pub struct LogInfo {
     pub protocol: Option<String>,
     /// Disconnects with 400027 ConnectionForcefullyClosedOnNewConnection.
     pub forceful_closes: u32,
+    /// Each disconnect record's time and reason (`resultType` and `resultDescription`), in time
+    /// order, for those that give one.
+    pub disconnect_reasons: Vec<(Timestamp, String)>,
+}
+
+impl LogInfo {
+    /// The reason of the disconnect that opened an outage at `started_at`: the last disconnect
+    /// record at or before it.
+    pub fn reason_at(&self, started_at: Timestamp) -> Option<&str> {
+        let after = self
+            .disconnect_reasons
+            .partition_point(|(t, _)| *t <= started_at);
+        after
+            .checked_sub(1)
+            .map(|i| self.disconnect_reasons[i].1.as_str())
+    }
 }
 
 /// Everything read, ready for the engine and the report.
@@ -467,10 +483,15 @@ impl Loader {
             if r.protocol.is_some() {
                 info.protocol.clone_from(&r.protocol);
             }
+            let time = ev.time.expect("log events have times");
             if !r.connected && r.forcefully_closed() {
                 info.forceful_closes += 1;
             }
-            let time = ev.time.expect("log events have times");
+            if !r.connected {
+                if let Some(reason) = r.reason() {
+                    info.disconnect_reasons.push((time, reason));
+                }
+            }
             self.events.push(TimedEvent::recorded(slot, ev.kind, time));
         }
         let ordered_by = match (self.events.is_empty(), records.is_empty()) {

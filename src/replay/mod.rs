@@ -56,6 +56,9 @@ pub struct Options {
     pub flap_threshold: usize,
     pub flap_window: Duration,
     pub remind_every: Option<Duration>,
+    /// Where the clock stops (`--until`, e.g. when the history was exported): the sweeps up to
+    /// then run. `None`: at the last event.
+    pub until: Option<Timestamp>,
 }
 
 impl Default for Options {
@@ -67,6 +70,7 @@ impl Default for Options {
             flap_threshold: defaults.flap_threshold,
             flap_window: defaults.flap_window,
             remind_every: defaults.remind_every,
+            until: None,
         }
     }
 }
@@ -235,8 +239,15 @@ pub fn analyse(loaded: &Loaded, opts: &Options) -> Report {
     let mut requested = opts.graces.clone();
     requested.sort();
     requested.dedup();
-    let run_at =
-        |g: Duration| engine::run(tl, &opts.policy(g), opts.sweep_every, &mut engine::Quiet);
+    let run_at = |g: Duration| {
+        engine::run_until(
+            tl,
+            &opts.policy(g),
+            opts.sweep_every,
+            opts.until,
+            &mut engine::Quiet,
+        )
+    };
     // The requested grace periods run on threads of their own while this one makes the analysis
     // pass; the recommended grace, known only after it, follows on this thread when it was not
     // requested. The runs share nothing but the timeline.
@@ -252,10 +263,11 @@ pub fn analyse(loaded: &Loaded, opts: &Options) -> Report {
             restarted: 0,
         };
         // Never claims anything: the longest grace the settings accept.
-        let open = engine::run(
+        let open = engine::run_until(
             tl,
             &opts.policy(Duration::from_secs(30 * 24 * 3600)),
             opts.sweep_every,
+            opts.until,
             &mut gaps,
         );
         gaps.durations_ms.sort_unstable();
@@ -289,6 +301,28 @@ pub fn analyse(loaded: &Loaded, opts: &Options) -> Report {
         }
     }
     let at_recommended = at_recommended.expect("the recommended grace is in the list");
+    let until = tl.last_time().max(opts.until);
+    let still_offline = at_recommended
+        .offline_at_end
+        .iter()
+        .map(|o| {
+            let id = &tl.identities[o.slot as usize];
+            let since = o.outage.started_at;
+            report::StillOffline {
+                hub: id.hub().to_string(),
+                device_id: id.device().to_string(),
+                module_id: id.module().map(str::to_string),
+                since: since.to_rfc3339(),
+                offline_seconds: until.map_or(0, |u| u.seconds_since(since)),
+                reason: loaded
+                    .log_info
+                    .get(o.slot as usize)
+                    .and_then(|info| info.reason_at(since))
+                    .map(str::to_string),
+                alerted_at: o.outage.alerted_at.map(Timestamp::to_rfc3339),
+            }
+        })
+        .collect();
 
     let mut flapping: Vec<FlappingEntry> = at_recommended
         .alerts
@@ -405,6 +439,7 @@ pub fn analyse(loaded: &Loaded, opts: &Options) -> Report {
                 .to_string(),
             from: tl.first_time().map(Timestamp::to_rfc3339),
             to: tl.last_time().map(Timestamp::to_rfc3339),
+            until: until.map(Timestamp::to_rfc3339),
             ignored: loaded.ignored,
             rejected: loaded.rejected,
             rejections: loaded.rejections.clone(),
@@ -425,5 +460,6 @@ pub fn analyse(loaded: &Loaded, opts: &Options) -> Report {
         identities,
         flapping,
         duplicate_identity_suspects: suspects,
+        still_offline,
     }
 }

@@ -20,6 +20,26 @@ pub struct Report {
     pub identities: Vec<IdentityReport>,
     pub flapping: Vec<FlappingEntry>,
     pub duplicate_identity_suspects: Vec<DuplicateSuspect>,
+    /// Every identity offline when the clock stopped (`input.until`), alerted or not.
+    pub still_offline: Vec<StillOffline>,
+}
+
+/// An identity offline when the clock stopped: since when, why (when the input says), and whether
+/// the recommended grace had alerted on it by then.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StillOffline {
+    pub hub: String,
+    pub device_id: String,
+    pub module_id: Option<String>,
+    /// The disconnect that opened the outage.
+    pub since: String,
+    pub offline_seconds: i64,
+    /// `resultType` and `resultDescription` of that disconnect in resource logs; Event Grid
+    /// events carry none.
+    pub reason: Option<String>,
+    /// When the `disconnected` alert went out at the recommended grace; `None`: not yet.
+    pub alerted_at: Option<String>,
 }
 
 /// The flapping and reminder settings of a replay (`--flap-threshold`, `--flap-window`,
@@ -43,6 +63,8 @@ pub struct InputReport {
     pub ordered_by: String,
     pub from: Option<String>,
     pub to: Option<String>,
+    /// Where the clock stopped: `--until`, or the last event.
+    pub until: Option<String>,
     pub ignored: u64,
     pub rejected: u64,
     pub rejections: Vec<String>,
@@ -221,6 +243,27 @@ fn who(hub: &str, device: &str, module: Option<&str>) -> String {
 /// Alerts listed per grace period in text (all of them are in `--json`).
 const ALERTS_SHOWN: usize = 10;
 const IDENTITIES_SHOWN: usize = 15;
+/// Identities still offline listed in text (all of them are in `--json`).
+pub const OFFLINE_SHOWN: usize = 20;
+
+impl StillOffline {
+    /// `since 10:30:02Z (for 1h29m), 404104 DeviceConnectionClosedRemotely; alerted at …`.
+    fn describe(&self) -> String {
+        format!(
+            "offline since {} (for {}){}; {}",
+            self.since,
+            human(self.offline_seconds),
+            self.reason
+                .as_deref()
+                .map(|r| format!(", {r}"))
+                .unwrap_or_default(),
+            match &self.alerted_at {
+                Some(at) => format!("alerted at {at}"),
+                None => "not alerted yet".to_string(),
+            }
+        )
+    }
+}
 
 impl Report {
     pub fn to_json(&self) -> String {
@@ -346,6 +389,28 @@ impl Report {
                     g.disconnected as usize - ALERTS_SHOWN
                 );
             }
+        }
+
+        let _ = writeln!(
+            o,
+            "\nStill offline when the clock stopped ({}; alerts at the recommended grace): {}",
+            i.until.as_deref().unwrap_or("-"),
+            self.still_offline.len()
+        );
+        for s in self.still_offline.iter().take(OFFLINE_SHOWN) {
+            let _ = writeln!(
+                o,
+                "  {} {}",
+                who(&s.hub, &s.device_id, s.module_id.as_deref()),
+                s.describe()
+            );
+        }
+        if self.still_offline.len() > OFFLINE_SHOWN {
+            let _ = writeln!(
+                o,
+                "  …and {} more (--json lists all)",
+                self.still_offline.len() - OFFLINE_SHOWN
+            );
         }
 
         let _ = writeln!(

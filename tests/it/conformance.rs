@@ -1058,6 +1058,7 @@ macro_rules! conformance {
         }
         mod table {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               #[ignore = "needs Azurite: run scripts/test"]
                async fn $check() { super::$check(super::Backend::table()).await } )*
         }
     };

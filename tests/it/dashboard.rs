@@ -76,6 +76,7 @@ fn populated(extra: &[(&str, &str)]) -> Connmon {
 }
 
 #[test]
+#[ignore = "needs Chromium: run scripts/test"]
 fn the_dashboard_in_a_real_browser() {
     let chromium = chromium();
     let cm = populated(&[]);
@@ -281,6 +282,7 @@ fn check_dom(dom: &Dom) {
 }
 
 #[test]
+#[ignore = "needs Chromium: run scripts/test"]
 fn with_an_api_key_the_page_wants_the_code_and_its_refresh_keeps_it() {
     let chromium = chromium();
     let cm = populated(&[("CONNMON_API_KEY", API_KEY)]);
@@ -330,6 +332,118 @@ fn with_an_api_key_the_page_wants_the_code_and_its_refresh_keeps_it() {
     assert_eq!(dom.title(), "stopped");
 }
 
+/// Appended to a copy of the page (loaded from a file, so no CSP): for every alert tick of the
+/// timelines, its computed fill and the background it is drawn on (the first ancestor of its SVG
+/// with a background colour), one `fill|background` line each, in `<pre id="probe">`.
+const TICK_PROBE: &str = r#"<script>
+const out = [];
+for (const tick of document.querySelectorAll('rect.tl-alert')) {
+  let e = tick.closest('svg').parentElement, bg = 'rgb(255, 255, 255)';
+  for (; e; e = e.parentElement) {
+    const c = getComputedStyle(e).backgroundColor;
+    if (c !== 'rgba(0, 0, 0, 0)' && c !== 'transparent') { bg = c; break; }
+  }
+  out.push(getComputedStyle(tick).fill + '|' + bg);
+}
+const pre = document.createElement('pre');
+pre.id = 'probe';
+pre.textContent = out.join('\n');
+document.body.appendChild(pre);
+</script>"#;
+
+/// `rgb(r, g, b)` as CSS computes it → WCAG relative luminance.
+fn luminance(css: &str) -> f64 {
+    let inner = css
+        .trim()
+        .strip_prefix("rgb(")
+        .and_then(|c| c.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("not an rgb() colour: {css:?}"));
+    let channel = |v: &str| {
+        let c = v.trim().parse::<f64>().expect("a channel") / 255.0;
+        if c <= 0.03928 {
+            c / 12.92
+        } else {
+            ((c + 0.055) / 1.055).powf(2.4)
+        }
+    };
+    let c: Vec<f64> = inner.split(',').map(channel).collect();
+    0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2]
+}
+
+/// The WCAG contrast ratio of two computed colours (1 to 21).
+fn contrast(a: &str, b: &str) -> f64 {
+    let (la, lb) = (luminance(a), luminance(b));
+    (la.max(lb) + 0.05) / (la.min(lb) + 0.05)
+}
+
+#[test]
+#[ignore = "needs Chromium: run scripts/test"]
+fn the_alert_tick_stands_out_in_light_and_dark_mode() {
+    let chromium = chromium();
+    let cm = populated(&[]);
+    let page = Request::get("/api/dashboard").send(cm.port).text();
+    let file = output_dir().join("dashboard-tick-probe.html");
+    std::fs::write(
+        &file,
+        page.replace("</body>", &format!("{TICK_PROBE}</body>")),
+    )
+    .expect("write the probe page");
+    // `--force-dark-mode` makes `prefers-color-scheme: dark` match, as a phone or desktop set to
+    // dark does.
+    for (mode, args) in [("light", &[][..]), ("dark", &["--force-dark-mode"][..])] {
+        let dom = Dom::parse(&chromium.dump_dom(&file_url(&file), args));
+        let probe = dom.by_id("probe").expect("the probe ran").text();
+        let ticks: Vec<(&str, &str)> = probe
+            .lines()
+            .map(|l| l.split_once('|').expect("fill|background"))
+            .collect();
+        assert!(!ticks.is_empty(), "{mode}: no alert tick on the page");
+        for (fill, background) in ticks {
+            // 3:1, WCAG's minimum for graphical objects.
+            let ratio = contrast(fill, background);
+            assert!(
+                ratio >= 3.0,
+                "{mode} mode: an alert tick {fill} on {background} has contrast {ratio:.2}, under 3"
+            );
+        }
+    }
+}
+
+/// The replay report read on a phone: Chromium finds the viewport meta, so a phone lays the page
+/// out at its own width instead of 980 px shrunk to fit.
+#[test]
+#[ignore = "needs Chromium: run scripts/test"]
+fn the_replay_report_declares_a_viewport_in_a_real_browser() {
+    let chromium = chromium();
+    let out = output_dir();
+    let report = out.join("replay-report.html");
+    let status = Command::new(env!("CARGO_BIN_EXE_connmon"))
+        .arg("replay")
+        .arg(format!(
+            "{}/tests/fixtures/replay/resource-logs-properties-string.jsonl",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .arg("--html")
+        .arg(&report)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run connmon replay");
+    assert!(status.success());
+    let dom = Dom::parse(&chromium.dump_dom(&file_url(&report), &[]));
+    let viewports: Vec<Option<&str>> = dom
+        .all("meta")
+        .into_iter()
+        .filter(|m| m.attr("name") == Some("viewport"))
+        .map(|m| m.attr("content"))
+        .collect();
+    assert_eq!(
+        viewports,
+        vec![Some("width=device-width, initial-scale=1")],
+        "the replay report's viewport meta, as Chromium parsed it"
+    );
+    assert!(dom.by_id("durations").is_some(), "the histogram is there");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Chromium
 
@@ -352,7 +466,7 @@ fn chromium() -> Chromium {
     panic!(
         "headless Chromium is needed for the dashboard tests and neither `chromium` nor \
          `chromium-browser` is on PATH: install Debian's package with \
-         `apt-get install --no-install-recommends chromium` (.ci/run does this)"
+         `apt-get install --no-install-recommends chromium` (scripts/test does this when it can)"
     );
 }
 

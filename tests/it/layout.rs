@@ -248,3 +248,173 @@ fn the_lenient_checker_still_catches_wrong_files() {
         "{errors:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// What `func azure functionapp publish` uploads
+
+/// Whether `.funcignore`'s `pattern` (gitignore syntax: `*` and `?` within one path component, a
+/// leading or inner `/` anchors to the root, a trailing `/` matches directories only) leaves out
+/// `path` (relative, `/`-separated), itself or through one of its parent directories.
+fn ignores(pattern: &str, path: &str) -> bool {
+    let dir_only = pattern.ends_with('/');
+    let pattern = pattern.trim_end_matches('/');
+    let anchored = pattern.contains('/');
+    let pattern = pattern.trim_start_matches('/');
+    let parts: Vec<&str> = path.split('/').collect();
+    let wanted: Vec<&str> = pattern.split('/').collect();
+    // Each prefix of the path (a parent directory, or the file itself) can be what is matched.
+    (1..=parts.len()).any(|n| {
+        let is_dir = n < parts.len();
+        if dir_only && !is_dir {
+            return false;
+        }
+        if anchored {
+            n == wanted.len() && wanted.iter().zip(&parts[..n]).all(|(w, p)| glob(w, p))
+        } else {
+            glob(pattern, parts[n - 1])
+        }
+    })
+}
+
+/// `*` (any run of characters) and `?` (one character) within one path component.
+fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    fn at(p: &[char], t: &[char]) -> bool {
+        match p.first() {
+            None => t.is_empty(),
+            Some('*') => (0..=t.len()).any(|i| at(&p[1..], &t[i..])),
+            Some('?') => !t.is_empty() && at(&p[1..], &t[1..]),
+            Some(c) => t.first() == Some(c) && at(&p[1..], &t[1..]),
+        }
+    }
+    at(&p, &t)
+}
+
+/// The repository's files as git tracks them.
+fn tracked_files() -> Vec<String> {
+    let out = std::process::Command::new("git")
+        .args(["ls-files", "-z"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("git ls-files");
+    assert!(out.status.success(), "git ls-files failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split('\0')
+        .filter(|f| !f.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Files a working checkout also holds, untracked, once the README's commands ran: `func`
+/// uploads the folder as it is, not what git tracks.
+const BUILT: &[&str] = &[
+    "bin/connmon",
+    "target/debug/connmon",
+    "target/x86_64-unknown-linux-gnu/release/connmon",
+    ".crates.toml",
+    ".crates2.json",
+    "node_modules/azurite/package.json",
+    ".tools/prometheus-venv/bin/python",
+    ".tools/cargo/bin/cargo-zigbuild",
+    ".venv-infra/bin/python",
+    "dist/connmon-functionapp.zip",
+    "connmon.db",
+    "connmon.db-wal",
+    "connmon.db-shm",
+    "local.settings.json",
+    "infra/main.parameters.json",
+    ".vscode/settings.json",
+];
+
+/// What Core Tools skips by itself before `.funcignore` applies (its `GetLocalFiles`).
+fn skipped_by_core_tools(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    path.split('/').any(|c| c == ".git" || c == ".vscode")
+        || [
+            ".funcignore",
+            ".gitignore",
+            "local.settings.json",
+            "project.lock.json",
+        ]
+        .contains(&name)
+}
+
+/// What the zip of `scripts/package` holds: host.json, every folder's function.json and the
+/// executable host.json names.
+fn package_contents() -> std::collections::BTreeSet<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = std::collections::BTreeSet::from(["host.json".to_string()]);
+    for entry in std::fs::read_dir(root).unwrap() {
+        let dir = entry.unwrap().path();
+        if dir.join("function.json").is_file() {
+            let name = dir.file_name().unwrap().to_str().unwrap().to_string();
+            files.insert(format!("{name}/function.json"));
+        }
+    }
+    let exe = read("host.json")["customHandler"]["description"]["defaultExecutablePath"]
+        .as_str()
+        .expect("defaultExecutablePath")
+        .to_string();
+    files.insert(exe);
+    files
+}
+
+#[test]
+fn func_publish_uploads_exactly_what_the_package_holds() {
+    let text = std::fs::read_to_string(format!("{}/.funcignore", env!("CARGO_MANIFEST_DIR")))
+        .expect(".funcignore");
+    let patterns: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for p in &patterns {
+        assert!(
+            !p.starts_with('!') && !p.contains("**") && !p.contains('['),
+            ".funcignore: `{p}` uses syntax this check (and Core Tools' matcher) may read differently"
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    let twice: Vec<&&str> = patterns.iter().filter(|p| !seen.insert(**p)).collect();
+    assert!(twice.is_empty(), ".funcignore lists {twice:?} twice");
+
+    let mut files = tracked_files();
+    files.extend(BUILT.iter().map(|f| f.to_string()));
+    let uploaded: std::collections::BTreeSet<String> = files
+        .into_iter()
+        .filter(|f| !skipped_by_core_tools(f) && !patterns.iter().any(|p| ignores(p, f)))
+        .collect();
+    assert_eq!(
+        uploaded,
+        package_contents(),
+        "what `func azure functionapp publish` would upload (left) is not what scripts/package \
+         zips (right): fix .funcignore"
+    );
+    // Every pattern leaves out something: none is dead weight.
+    let all: Vec<String> = tracked_files()
+        .into_iter()
+        .chain(BUILT.iter().map(|f| f.to_string()))
+        .collect();
+    for p in &patterns {
+        assert!(
+            all.iter().any(|f| ignores(p, f)),
+            ".funcignore: `{p}` matches no file"
+        );
+    }
+}
+
+#[test]
+fn the_funcignore_matcher_reads_gitignore_syntax() {
+    assert!(ignores("target", "target/debug/connmon"));
+    assert!(ignores("*.md", "README.md"));
+    assert!(ignores("*.md", "tests/fixtures/SOURCES.md"));
+    assert!(ignores(".crates*", ".crates2.json"));
+    assert!(ignores("/infra", "infra/main.bicep"));
+    assert!(ignores("src/", "src/main.rs"));
+    assert!(!ignores("src/", "src"));
+    assert!(!ignores("/bin/x", "a/bin/x"));
+    assert!(!ignores("*.db", "connmon.dbx"));
+    assert!(!ignores("tests", "host.json"));
+    assert!(ignores("a?c", "x/abc"));
+}

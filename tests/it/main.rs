@@ -14,6 +14,7 @@ mod model;
 mod settings;
 mod status_core;
 mod store;
+mod suite;
 mod table_client;
 
 mod alert_webhook;
@@ -24,6 +25,7 @@ mod faults;
 mod host;
 mod http_edge;
 mod multi_instance;
+mod readme;
 mod replay;
 mod restart;
 mod standalone;

@@ -881,6 +881,18 @@ fn replay_simulate_posts_to_a_running_connmon() {
 // ------------------------------------------------------------------------------------------------
 // The report: HTML, text, command line
 
+/// The HTML report parsed as XML (it is well-formed on purpose), with its doctype.
+fn parse_page(page: &str) -> roxmltree::Document<'_> {
+    roxmltree::Document::parse_with_options(
+        page,
+        roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{page}"))
+}
+
 #[test]
 fn replay_html_report_renders_with_the_histogram_and_grace_line() {
     let mut history = fixture("replay/resource-logs-properties-string.jsonl");
@@ -896,14 +908,7 @@ fn replay_html_report_renders_with_the_histogram_and_grace_line() {
             || page.matches("http://").all(|_| true) && !page.contains("src="),
         "no external assets"
     );
-    let doc = roxmltree::Document::parse_with_options(
-        &page,
-        roxmltree::ParsingOptions {
-            allow_dtd: true,
-            ..Default::default()
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{page}"));
+    let doc = parse_page(&page);
     let svg = doc
         .descendants()
         .find(|n| n.tag_name().name() == "svg")
@@ -1144,4 +1149,249 @@ fn replay_command_line_errors_and_help() {
             "{args:?}"
         );
     }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Who is still offline when the history ends, and `--until`
+
+/// A Connections resource log (the format of `replay/resource-logs-properties-string.jsonl`) whose
+/// history ends at 10:45: `pump-7` disconnects at 10:30:02.5 with a reason and never comes back,
+/// `valve-1` reconnects within seconds, `sensor-3` disconnects at 10:44 (no reason given) and is
+/// still inside a 2-minute grace when the history ends.
+fn history_ending_offline(dir: &std::path::Path) -> std::path::PathBuf {
+    let record = |time: &str, op: &str, device: &str, result: Option<(&str, &str)>| {
+        let mut r = json!({"time": time, "resourceId": "/SUBSCRIPTIONS/X/RESOURCEGROUPS/Y/PROVIDERS/MICROSOFT.DEVICES/IOTHUBS/CONTOSOHUB",
+            "operationName": op, "category": "Connections",
+            "properties": json!({"deviceId": device, "protocol": "Mqtt"}).to_string()});
+        if let Some((code, description)) = result {
+            r["resultType"] = json!(code);
+            r["resultDescription"] = json!(description);
+        }
+        r.to_string()
+    };
+    let closed = Some(("404104", "DeviceConnectionClosedRemotely"));
+    let lines = [
+        record("2026-11-27T10:00:00Z", "deviceConnect", "pump-7", None),
+        record("2026-11-27T10:00:00Z", "deviceConnect", "valve-1", None),
+        record("2026-11-27T10:00:00Z", "deviceConnect", "sensor-3", None),
+        record(
+            "2026-11-27T10:30:02.5Z",
+            "deviceDisconnect",
+            "pump-7",
+            closed,
+        ),
+        record(
+            "2026-11-27T10:40:00Z",
+            "deviceDisconnect",
+            "valve-1",
+            closed,
+        ),
+        record("2026-11-27T10:40:05Z", "deviceConnect", "valve-1", None),
+        record("2026-11-27T10:44:00Z", "deviceDisconnect", "sensor-3", None),
+        record("2026-11-27T10:45:00Z", "deviceConnect", "valve-1", None),
+    ];
+    let path = dir.join("connections.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+fn replay_json(args: &[&str]) -> Value {
+    let (stdout, _) = connmon_ok(&args.iter().map(|a| os(a)).collect::<Vec<_>>());
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// The `stillOffline` entries as (device, since, reason, alertedAt).
+fn still_offline(r: &Value) -> Vec<(String, String, Value, Value)> {
+    r["stillOffline"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no stillOffline in {r:#}"))
+        .iter()
+        .map(|s| {
+            (
+                s["deviceId"].as_str().unwrap().to_string(),
+                s["since"].as_str().unwrap().to_string(),
+                s["reason"].clone(),
+                s["alertedAt"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn replay_names_who_is_still_offline_when_the_history_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = history_ending_offline(dir.path());
+    let file = history.to_str().unwrap();
+    let r = replay_json(&["replay", file, "--grace", "2m", "--json"]);
+    assert_eq!(
+        r["input"]["until"], "2026-11-27T10:45:00Z",
+        "the last event"
+    );
+    assert_eq!(
+        still_offline(&r),
+        vec![
+            (
+                "pump-7".to_string(),
+                "2026-11-27T10:30:02.500Z".to_string(),
+                json!("404104 DeviceConnectionClosedRemotely"),
+                json!("2026-11-27T10:32:30Z")
+            ),
+            (
+                "sensor-3".to_string(),
+                "2026-11-27T10:44:00Z".to_string(),
+                Value::Null,
+                Value::Null
+            ),
+        ]
+    );
+    assert_eq!(r["stillOffline"][0]["offlineSeconds"], 897);
+    assert_eq!(r["stillOffline"][0]["hub"], "contosohub");
+    // The old count stays: sensor-3 is open, without an alert, at the end.
+    assert_eq!(r["gracePeriods"][0]["openAtEnd"], 1);
+
+    let (text, _) = connmon_ok(&[os("replay"), os(file), os("--grace"), os("2m")]);
+    assert!(
+        text.contains("Still offline when the clock stopped (2026-11-27T10:45:00Z; alerts at the recommended grace): 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "  contosohub/\"pump-7\" offline since 2026-11-27T10:30:02.500Z (for 14m57s), \
+             404104 DeviceConnectionClosedRemotely; alerted at 2026-11-27T10:32:30Z"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("  contosohub/\"sensor-3\" offline since 2026-11-27T10:44:00Z (for 1m); not alerted yet"),
+        "{text}"
+    );
+
+    let page = dir.path().join("report.html");
+    connmon_ok(&[
+        os("replay"),
+        os(file),
+        os("--grace"),
+        os("2m"),
+        os("--html"),
+        page.as_os_str(),
+    ]);
+    let page = std::fs::read_to_string(&page).unwrap();
+    let doc = parse_page(&page);
+    let table = doc
+        .descendants()
+        .find(|n| n.attribute("id") == Some("still-offline"))
+        .unwrap_or_else(|| panic!("no still-offline table in {page}"));
+    let rows: Vec<Vec<String>> = table
+        .children()
+        .filter(|n| n.tag_name().name() == "tr")
+        .skip(1)
+        .map(|tr| {
+            tr.children()
+                .filter(|n| n.tag_name().name() == "td")
+                .map(|td| {
+                    td.descendants()
+                        .filter(|n| n.is_text())
+                        .filter_map(|n| n.text())
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            vec![
+                "contosohub / pump-7",
+                "2026-11-27T10:30:02.500Z",
+                "14m57s",
+                "404104 DeviceConnectionClosedRemotely",
+                "2026-11-27T10:32:30Z"
+            ],
+            vec![
+                "contosohub / sensor-3",
+                "2026-11-27T10:44:00Z",
+                "1m",
+                "-",
+                "not yet"
+            ],
+        ]
+    );
+}
+
+#[test]
+fn replay_until_runs_the_clock_on_so_pending_outages_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = history_ending_offline(dir.path());
+    let file = history.to_str().unwrap();
+    let until = "2026-11-27T10:50:00Z";
+    let r = replay_json(&["replay", file, "--grace", "2m", "--until", until, "--json"]);
+    assert_eq!(r["input"]["until"], until);
+    assert_eq!(r["input"]["to"], "2026-11-27T10:45:00Z", "the last event");
+    let g = &r["gracePeriods"][0];
+    assert_eq!(g["openAtEnd"], 0, "{g:#}");
+    let sensor: Vec<&Value> = g["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["deviceId"] == "sensor-3")
+        .collect();
+    assert_eq!(sensor.len(), 1, "{g:#}");
+    assert_eq!(sensor[0]["kind"], "disconnected");
+    // Due at 10:46:00, a tick of the 30 s sweep: the alert the service would have sent then.
+    assert_eq!(sensor[0]["detectedAt"], "2026-11-27T10:46:00Z");
+    let offline = still_offline(&r);
+    assert_eq!(offline.len(), 2);
+    assert_eq!(offline[1].3, json!("2026-11-27T10:46:00Z"));
+    assert_eq!(r["stillOffline"][0]["offlineSeconds"], 1197);
+
+    // A time the sweeps reach only later than the outage is due: still one alert, not more.
+    let r = replay_json(&[
+        "replay",
+        file,
+        "--grace",
+        "2m",
+        "--until",
+        "2026-11-28T10:50:00Z",
+        "--json",
+    ]);
+    assert_eq!(r["gracePeriods"][0]["disconnected"], 2);
+
+    let run = |args: &[&str]| connmon(&args.iter().map(|a| os(a)).collect::<Vec<_>>());
+    let out = run(&["replay", file, "--until", "2026-11-27T10:44:59Z"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "--until 2026-11-27T10:44:59Z is before the last event (2026-11-27T10:45:00Z)"
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["replay", file, "--until", "yesterday"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--until: `yesterday` is not an RFC 3339 time"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn replay_of_event_grid_names_who_is_still_offline_without_a_reason() {
+    // Event Grid events carry no reason for a disconnect.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.json");
+    let mut event: Value =
+        serde_json::from_slice(&fixture("events/eg-docs-device-connected.json")).unwrap();
+    event = event[0].take();
+    event["eventType"] = json!("Microsoft.Devices.DeviceDisconnected");
+    std::fs::write(&path, event.to_string()).unwrap();
+    let r = replay_json(&["replay", path.to_str().unwrap(), "--json"]);
+    let offline = r["stillOffline"].as_array().expect("stillOffline");
+    assert_eq!(offline.len(), 1, "{r:#}");
+    assert_eq!(offline[0]["deviceId"], "LogicAppTestDevice");
+    assert_eq!(offline[0]["moduleId"], "DeviceModuleID");
+    assert_eq!(offline[0]["reason"], Value::Null);
+    assert_eq!(offline[0]["since"], r["input"]["until"]);
+    assert_eq!(offline[0]["offlineSeconds"], 0);
 }

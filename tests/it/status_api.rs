@@ -370,6 +370,7 @@ fn family_type(families: &Value, name: &str) -> Option<String> {
 }
 
 #[test]
+#[ignore = "needs prometheus_client: run scripts/test"]
 fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     let receiver = Receiver::start(vec![Answer::Status(500)]);
     let hook = receiver.url("/hook");
@@ -568,6 +569,7 @@ fn a_quiet_hub_alerts_once_and_once_more_when_events_return() {
 }
 
 #[test]
+#[ignore = "needs Azurite: run scripts/test"]
 fn two_functions_instances_on_table_storage_answer_for_each_other() {
     let table = crate::table_client::unique_table_name("status");
     let conn = crate::table_client::azurite_connection_string();

@@ -121,6 +121,7 @@ fn entity(pk: &str, rk: &str, n: i64) -> Entity {
 // Against Azurite
 
 #[tokio::test]
+#[ignore = "needs Azurite: run scripts/test"]
 async fn crud_round_trips_typed_properties() {
     let c = fresh_table("crud").await;
     let mut e = Entity::new("dev", "row");
@@ -189,6 +190,7 @@ async fn crud_round_trips_typed_properties() {
 }
 
 #[tokio::test]
+#[ignore = "needs Azurite: run scripts/test"]
 async fn conditional_writes_fail_on_stale_etags() {
     let c = fresh_table("cond").await;
     let old = c.insert(&entity("p", "r", 1)).await.unwrap();
@@ -219,6 +221,7 @@ async fn conditional_writes_fail_on_stale_etags() {
 }
 
 #[tokio::test]
+#[ignore = "needs Azurite: run scripts/test"]
 async fn insert_of_an_existing_entity_is_a_conflict() {
     let c = fresh_table("conflict").await;
     c.insert(&entity("p", "r", 1)).await.unwrap();
@@ -233,6 +236,7 @@ async fn insert_of_an_existing_entity_is_a_conflict() {
 }
 
 #[tokio::test]
+#[ignore = "needs Azurite: run scripts/test"]
 async fn get_of_a_missing_entity_is_none_but_a_missing_table_is_an_error() {
     let c = fresh_table("missing").await;
     assert_eq!(c.get("p", "nothing").await.unwrap(), None);
@@ -247,6 +251,7 @@ async fn get_of_a_missing_entity_is_none_but_a_missing_table_is_an_error() {
 }
 
 #[tokio::test]
+#[ignore = "needs Azurite: run scripts/test"]
 async fn create_table_if_missing_twice_is_fine() {
     // Through a connection string, as an operator configures it.
     let cs = azurite_connection_string();
@@ -265,6 +270,7 @@ async fn create_table_if_missing_twice_is_fine() {
 }
 
 #[tokio::test]
+#[ignore = "needs Azurite: run scripts/test"]
 async fn query_follows_continuations_past_a_page() {
     let c = fresh_table("paging").await;
     let n = 1_100;
@@ -313,6 +319,7 @@ async fn query_follows_continuations_past_a_page() {
 }
 
 #[tokio::test]
+#[ignore = "needs Azurite: run scripts/test"]
 async fn query_select_returns_only_the_named_properties() {
     let c = fresh_table("select").await;
     let mut e = Entity::new("p", "r");
@@ -341,6 +348,7 @@ async fn query_select_returns_only_the_named_properties() {
 }
 
 #[tokio::test]
+#[ignore = "needs Azurite: run scripts/test"]
 async fn batch_applies_mixed_operations_and_returns_their_etags() {
     let c = fresh_table("batchok").await;
     let e1 = c.insert(&entity("p", "r1", 1)).await.unwrap();
@@ -392,6 +400,7 @@ async fn batch_applies_mixed_operations_and_returns_their_etags() {
 }
 
 #[tokio::test]
+#[ignore = "needs Azurite: run scripts/test"]
 async fn a_failed_batch_names_the_operation_and_applies_nothing() {
     let c = fresh_table("batchfail").await;
     let stale = c.insert(&entity("p", "r1", 1)).await.unwrap();
@@ -492,6 +501,7 @@ async fn a_failed_batch_names_the_operation_and_applies_nothing() {
 }
 
 #[tokio::test]
+#[ignore = "needs Azurite: run scripts/test"]
 async fn batch_of_one_hundred_and_the_limits_around_it() {
     let c = fresh_table("batch100").await;
     let ops: Vec<BatchOp> = (0..100)
@@ -550,6 +560,7 @@ fn azurite_batch_misreads(row_key: &str) -> bool {
 }
 
 #[tokio::test]
+#[ignore = "needs Azurite: run scripts/test"]
 async fn awkward_keys_survive_every_operation() {
     let c = fresh_table("awkward").await;
     let mut keys: Vec<(String, String)> = Vec::new();
