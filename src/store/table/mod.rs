@@ -14,8 +14,9 @@
 //! | `h\|{hub}` | a hub (`HubState`): its last event, an open `hub_quiet`; in partition `shard_of(hub, "")` | the hub was heard from |
 //! | `m\|lastSweep` | when the last sweep ended; in `s00` | after the first sweep |
 //!
-//! Ids are escaped with [`key_part`] (`%XX` for `%`, `'`, `|`, `/`, `\`, `#`, `?`, control and
-//! non-ASCII characters), so every IoT Hub id is a valid key and prefixes never collide.
+//! Ids are escaped (`%XX` for `%`, `'`, `|`, `/`, `\`, `#`, `?`, control and non-ASCII
+//! characters), so prefixes never collide, and a part too long for the service's key size is
+//! hashed: every IoT Hub identity has a valid key (`keys.rs` owns the scheme).
 //!
 //! # Promises (those of `store/mod.rs`)
 //! - Durable: a call returns after Table Storage acknowledged every write.
@@ -31,6 +32,7 @@
 pub mod auth;
 pub mod client;
 pub mod conn;
+mod keys;
 
 use super::{
     decode_times, encode_times, Applied, BoxFuture, Counts, IdentityRecord, Overview, QueuedAlert,
@@ -41,6 +43,7 @@ use crate::machine::{self, Alert, Claim, Flapping, IdentityState, Outage, Policy
 use crate::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
 use crate::status::{self, History, HubState, Quiet};
 use client::{odata_string, BatchOp, Continuation, Entity, TableClient, TableError, MAX_PAGE};
+use keys::{device_prefix, due_key, hub_part, identity_key, key_part};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tokio::task::JoinSet;
@@ -257,23 +260,6 @@ impl TableStore {
 // ---------------------------------------------------------------------------------------------
 // Keys
 
-/// Escapes one id for use inside a key: keeps the characters IoT Hub ids are made of (except `%`
-/// and `'`) and `%XX`-escapes everything else, including the separator `|` and the characters
-/// Table Storage forbids in keys (`/ \ # ?`, control characters). `'` is escaped too: Azurite
-/// misparses a batch whose row key contains `',` (the service does not), and it costs nothing.
-pub fn key_part(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        let keep = b.is_ascii_alphanumeric() || b"-:.+_*!(),=@;$".contains(&b);
-        if keep {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// The partition of a device (and of all its modules).
 pub fn shard_of(hub: &str, device: &str) -> String {
     // FNV-1a: stable across versions and platforms, unlike std's hasher.
@@ -287,28 +273,6 @@ pub fn shard_of(hub: &str, device: &str) -> String {
 
 fn shard_name(n: u32) -> String {
     format!("s{n:02x}")
-}
-
-/// `{hub}|{device}|{module}` escaped: the identity's name inside index keys.
-fn identity_suffix(id: &Identity) -> String {
-    format!(
-        "{}|{}|{}",
-        key_part(id.hub()),
-        key_part(id.device()),
-        key_part(id.module().unwrap_or(""))
-    )
-}
-
-fn identity_key(id: &Identity) -> String {
-    format!("i|{}", identity_suffix(id))
-}
-
-fn due_key(start: Timestamp, id: &Identity) -> String {
-    format!(
-        "d|{:015}|{}",
-        start.unix_millis().max(0),
-        identity_suffix(id)
-    )
 }
 
 /// `queued_at`: the alert's place in the delivery order (`detected_at`, or later: see
@@ -752,11 +716,7 @@ impl Inner {
     ) -> Result<Applied, StoreError> {
         let id = &ev.identity;
         let pk = shard_of(id.hub(), id.device());
-        let (from, to) = prefix_range(&format!(
-            "i|{}|{}|",
-            key_part(id.hub()),
-            key_part(id.device())
-        ));
+        let (from, to) = prefix_range(&format!("i|{}|", device_prefix(id.hub(), id.device())));
         let rows = self
             .client
             .query(
@@ -1310,7 +1270,7 @@ impl Store for TableStore {
             // Row-key order (the escaped ids), merged over the partitions: each gives its first
             // `limit` after the cursor, the smallest `limit` of them all are the page.
             let (from, to) = match &hub {
-                Some(h) => prefix_range(&format!("i|{}|", key_part(h))),
+                Some(h) => prefix_range(&format!("i|{}|", hub_part(h))),
                 None => prefix_range("i|"),
             };
             let after = after.as_ref().map(identity_key);
