@@ -136,7 +136,7 @@ async fn outcomes(store: &dyn Store, events: Vec<ConnectionEvent>, t: i64) -> Ve
         .await
         .unwrap()
         .into_iter()
-        .map(|a| a.outcome)
+        .map(|a| a.expect("no event is refused").outcome)
         .collect()
 }
 
@@ -229,8 +229,8 @@ async fn token_renewal_is_silent_and_a_reconnect_after_an_alert_is_queued_once(b
         .apply(vec![con(&loud, 2, 400), con(&loud, 2, 400)], at(401))
         .await
         .unwrap();
-    assert_eq!(applied[0].outcome, Outcome::Reconnected);
-    assert_eq!(applied[1].outcome, Outcome::Duplicate);
+    assert_eq!(applied[0].as_ref().unwrap().outcome, Outcome::Reconnected);
+    assert_eq!(applied[1].as_ref().unwrap().outcome, Outcome::Duplicate);
     let q = queued(&*s, 401).await;
     let kinds: Vec<(&str, &str)> = q
         .iter()
@@ -523,7 +523,7 @@ async fn flapping_and_reminders_are_kept_across_a_restart(b: Backend) {
         let applied = s.apply(events, at(200)).await.unwrap();
         let kinds: Vec<&str> = applied
             .iter()
-            .filter_map(|a| a.alert.as_ref())
+            .filter_map(|a| a.as_ref().unwrap().alert.as_ref())
             .map(|a| a.kind.as_str())
             .collect();
         assert_eq!(kinds, ["flapping"]);

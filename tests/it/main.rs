@@ -18,11 +18,13 @@ mod table_client;
 
 mod alert_webhook;
 mod channels;
+mod clock;
 mod crash;
 mod dashboard;
 mod faults;
 mod host;
 mod multi_instance;
+mod poison;
 mod replay;
 mod restart;
 mod standalone;

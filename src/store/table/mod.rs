@@ -35,8 +35,8 @@ pub mod conn;
 mod keys;
 
 use super::{
-    decode_times, encode_times, Applied, BoxFuture, Counts, IdentityRecord, Overview, QueuedAlert,
-    QuietCheck, Store, StoreConfig, StoreError,
+    decode_times, encode_times, Applied, BoxFuture, Counts, EventResult, IdentityRecord, Overview,
+    QueuedAlert, QuietCheck, Refused, Store, StoreConfig, StoreError,
 };
 use crate::alerts::AlertBody;
 use crate::machine::{self, Alert, Claim, Flapping, IdentityState, Outage, Policy};
@@ -240,6 +240,45 @@ fn is_table_missing(e: &TableError) -> bool {
 
 fn table_err(e: TableError) -> StoreError {
     StoreError::Unavailable(format!("Azure Table Storage: {e}"))
+}
+
+/// Why one event was not applied: the service refused what it holds, or the store failed.
+enum Failed {
+    /// This event alone (see [`refuses_entity`]); the rest of the delivery goes on.
+    Refused(Refused),
+    /// The whole delivery is answered 503.
+    Store(StoreError),
+}
+
+impl From<StoreError> for Failed {
+    fn from(e: StoreError) -> Failed {
+        Failed::Store(e)
+    }
+}
+
+/// The service refused the request for what it holds — 400 (an entity or key it does not take:
+/// `PropertyValueTooLarge`, `InvalidInput`, `OutOfRangeInput`) or 413 (an entity over 1 MiB) — or
+/// the client refused to send it (a key with a forbidden character): sending it again can only
+/// end the same way. Authentication failures (401/403), a missing table and the service being
+/// unavailable are none of these: they fail every event alike.
+fn refuses_entity(e: &TableError) -> bool {
+    match e {
+        TableError::Rejected { status, .. } => matches!(status, 400 | 413),
+        TableError::Invalid(_) => true,
+        TableError::BatchFailed { source, .. } => refuses_entity(source),
+        _ => false,
+    }
+}
+
+/// A failed request made while applying one event, sorted into [`Failed`].
+fn event_err(e: TableError) -> Failed {
+    if refuses_entity(&e) {
+        Failed::Refused(Refused {
+            reason: format!("Azure Table Storage refused it: {e}"),
+        })
+    } else {
+        Failed::Store(table_err(e))
+    }
 }
 
 impl TableStore {
@@ -548,12 +587,12 @@ enum Claimed {
 }
 
 impl Inner {
-    async fn load(&self, pk: &str, id: &Identity) -> Result<Remembered, StoreError> {
+    async fn load(&self, pk: &str, id: &Identity) -> Result<Remembered, Failed> {
         match self
             .client
             .get(pk, &identity_key(id))
             .await
-            .map_err(table_err)?
+            .map_err(event_err)?
         {
             Some(e) => Ok(Remembered {
                 state: state_of(&e),
@@ -567,7 +606,7 @@ impl Inner {
 
     /// Queued alerts of `id` to withdraw on deletion: its undelivered `disconnected` alerts and the
     /// `reconnected` alerts paired with them.
-    async fn withdrawable(&self, pk: &str, id: &Identity) -> Result<Vec<Entity>, StoreError> {
+    async fn withdrawable(&self, pk: &str, id: &Identity) -> Result<Vec<Entity>, Failed> {
         let filter = format!(
             "{} and identity eq {}",
             range_filter(pk, "o|", "o}"),
@@ -577,7 +616,7 @@ impl Inner {
             .client
             .query(&filter, Some(&["kind", "dedupKey"]), None)
             .await
-            .map_err(table_err)?;
+            .map_err(event_err)?;
         let withdrawn: Vec<String> = queued
             .iter()
             .filter(|e| e.get_str("kind") == Some("disconnected"))
@@ -598,7 +637,7 @@ impl Inner {
         &self,
         ev: &ConnectionEvent,
         received_at: Timestamp,
-    ) -> Result<Applied, StoreError> {
+    ) -> Result<Applied, Failed> {
         let id = &ev.identity;
         let pk = shard_of(id.hub(), id.device());
         let row_key = format!("{pk}/{}", identity_key(id));
@@ -699,13 +738,13 @@ impl Inner {
                 }
                 Err(e) => {
                     self.rows.forget(&row_key);
-                    return Err(table_err(e));
+                    return Err(event_err(e));
                 }
             }
         }
-        Err(StoreError::Conflict(format!(
+        Err(Failed::Store(StoreError::Conflict(format!(
             "identity {id} kept changing during {MAX_CONFLICT_RETRIES} attempts"
-        )))
+        ))))
     }
 
     /// A `DeviceDeleted` applies to the device and to every module of it (same partition).
@@ -713,7 +752,7 @@ impl Inner {
         &self,
         ev: &ConnectionEvent,
         received_at: Timestamp,
-    ) -> Result<Applied, StoreError> {
+    ) -> Result<Applied, Failed> {
         let id = &ev.identity;
         let pk = shard_of(id.hub(), id.device());
         let (from, to) = prefix_range(&format!("i|{}|", device_prefix(id.hub(), id.device())));
@@ -725,7 +764,7 @@ impl Inner {
                 None,
             )
             .await
-            .map_err(table_err)?;
+            .map_err(event_err)?;
         let device = self.apply_one(ev, received_at).await?;
         for row in rows {
             let module = row.get_str("module").unwrap_or("");
@@ -745,7 +784,7 @@ impl Inner {
         self: &Arc<Self>,
         events: Vec<ConnectionEvent>,
         received_at: Timestamp,
-    ) -> Result<Vec<Applied>, StoreError> {
+    ) -> Result<Vec<EventResult>, StoreError> {
         // Events of one identity are applied in the order given; identities in parallel.
         let n = events.len();
         let mut groups: BTreeMap<Identity, Vec<(usize, ConnectionEvent)>> = BTreeMap::new();
@@ -753,7 +792,7 @@ impl Inner {
             let key = Identity::new(ev.identity.hub(), ev.identity.device(), None);
             groups.entry(key).or_default().push((i, ev));
         }
-        let mut results: Vec<Option<Applied>> = vec![None; n];
+        let mut results: Vec<Option<EventResult>> = vec![None; n];
         let mut tasks = JoinSet::new();
         let mut groups = groups.into_values();
         loop {
@@ -764,11 +803,18 @@ impl Inner {
                     let mut out = Vec::with_capacity(group.len());
                     for (i, ev) in group {
                         let a = if ev.kind == EventKind::Deleted {
-                            me.apply_delete(&ev, received_at).await?
+                            me.apply_delete(&ev, received_at).await
                         } else {
-                            me.apply_one(&ev, received_at).await?
+                            me.apply_one(&ev, received_at).await
                         };
-                        out.push((i, a));
+                        out.push((
+                            i,
+                            match a {
+                                Ok(a) => Ok(a),
+                                Err(Failed::Refused(r)) => Err(r),
+                                Err(Failed::Store(e)) => return Err(e),
+                            },
+                        ));
                     }
                     Ok::<_, StoreError>(out)
                 });
@@ -1148,7 +1194,7 @@ impl Store for TableStore {
         &self,
         events: Vec<ConnectionEvent>,
         received_at: Timestamp,
-    ) -> BoxFuture<'_, Result<Vec<Applied>, StoreError>> {
+    ) -> BoxFuture<'_, Result<Vec<EventResult>, StoreError>> {
         Box::pin(async move { self.inner.apply_events(events, received_at).await })
     }
 
