@@ -687,6 +687,7 @@ async fn drive(
                 };
                 let received_at = Timestamp::from_unix_millis(received_at_ms);
                 for a in store.apply(d, received_at).await.expect("apply") {
+                    let a = a.expect("no event of the bench is refused");
                     *outcomes.entry(a.outcome.as_str()).or_default() += 1;
                 }
             }

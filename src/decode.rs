@@ -315,13 +315,22 @@ fn check_text(what: &str, text: &str) -> Result<(), String> {
 }
 
 /// What is wrong with an id or hub name, if anything (the reason is only written when needed:
-/// replay checks millions of ids).
+/// replay checks millions of ids). IoT Hub names and ids are ASCII, so anything else is no event
+/// IoT Hub sent; refusing it here also bounds every id's escaped form in the Table keys (three
+/// characters per byte at most).
 fn text_problem(text: &str) -> Option<String> {
     if text.chars().count() > MAX_ID_LEN {
         return Some(format!("is longer than {MAX_ID_LEN} characters"));
     }
     if text.chars().any(char::is_control) {
         return Some("contains a control character".into());
+    }
+    if !text.is_ascii() {
+        return Some(
+            "contains a character that is not ASCII (IoT Hub ids are ASCII letters, digits and \
+             `- : . + % _ # * ? ! ( ) , = @ ; $ '`)"
+                .into(),
+        );
     }
     None
 }

@@ -285,8 +285,31 @@ pub struct Transition {
     pub cancel_queued_alerts: bool,
 }
 
+/// How far an event's own time may run ahead of its receipt. IoT Hub, Event Grid and connmon
+/// stamp times on clocks that disagree by seconds; a time further ahead comes from a wrong clock.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+
+/// Whether the event's own time is more than [`MAX_CLOCK_SKEW`] after `received_at`.
+pub fn too_far_ahead(event: &ConnectionEvent, received_at: Timestamp) -> bool {
+    event
+        .time
+        .is_some_and(|t| t > received_at.plus_millis(millis(MAX_CLOCK_SKEW)))
+}
+
+/// The time the rules take an event to have happened at: its own time, or `received_at` when it
+/// has none or when it is [too far ahead](too_far_ahead). Believed, a disconnect stamped 2999
+/// would be due in 2999 and a deletion stamped 2999 would make every later event of the device
+/// "from before the deletion". Replay receives events at their own time, so there it changes
+/// nothing.
+pub fn event_time(event: &ConnectionEvent, received_at: Timestamp) -> Timestamp {
+    match event.time {
+        Some(t) if !too_far_ahead(event, received_at) => t,
+        _ => received_at,
+    }
+}
+
 /// Applies one event to an identity's state (rules 2–5). `received_at` stands in for a missing
-/// event time and stamps a `reconnected` alert's `detectedAt`.
+/// or [too far ahead](too_far_ahead) event time and stamps a `reconnected` alert's `detectedAt`.
 pub fn apply(
     state: &IdentityState,
     event: &ConnectionEvent,
@@ -325,7 +348,7 @@ pub fn apply_in_place(
     received_at: Timestamp,
     policy: &Policy,
 ) -> Applied {
-    let at = event.time.unwrap_or(received_at);
+    let at = event_time(event, received_at);
     let unchanged = |outcome| Applied {
         outcome,
         alert: None,

@@ -39,6 +39,11 @@ pub const REJECTED: Family = Family {
     help: "Events that could not be understood (logged, acknowledged, not applied).",
     labels: &[],
 };
+pub const FUTURE_TIME: Family = Family {
+    name: "connmon_events_future_time_total",
+    help: "Events applied at their receipt time because their eventTime was more than 5 minutes after it (a wrong clock), by event type.",
+    labels: &["type"],
+};
 pub const ALERTS_RAISED: Family = Family {
     name: "connmon_alerts_raised_total",
     help: "Alerts raised (each queued once per channel), by kind.",
@@ -61,11 +66,12 @@ pub const STORE_FAILURES: Family = Family {
     labels: &[],
 };
 
-const COUNTERS: [&Family; 8] = [
+const COUNTERS: [&Family; 9] = [
     &EVENTS,
     &IGNORED,
     &OUT_OF_SCOPE,
     &REJECTED,
+    &FUTURE_TIME,
     &ALERTS_RAISED,
     &ALERTS_DELIVERED,
     &DELIVERY_FAILURES,

@@ -4,14 +4,14 @@
 use crate::alerts;
 use crate::api;
 use crate::channels::{DeliveryReport, Notifier};
-use crate::decode::Decoded;
+use crate::decode::{clip, Decoded};
 use crate::log;
-use crate::machine::{Alert, Outcome, Policy};
+use crate::machine::{self, Alert, Outcome, Policy};
 use crate::metrics::{self, Metrics};
-use crate::model::Timestamp;
+use crate::model::{ConnectionEvent, Identity, Timestamp};
 use crate::status;
 use crate::store::{Counts, QuietCheck, Store, StoreError};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +23,9 @@ use std::time::Duration;
 const CLAIM_CHUNK: usize = 20_000;
 /// Alert lines copied into one timer invocation's `Logs` (all of them always reach stderr).
 const MAX_ALERT_LOG_LINES: usize = 100;
+/// Identities whose future event time was logged, at most (then it starts over: a few of them are
+/// logged once more).
+const FUTURE_LOGGED_CAP: usize = 10_000;
 /// Rejected events of one delivery logged one by one (and listed in the host's `Logs`); the rest
 /// are counted in one line, so a flood of junk cannot flood the log.
 pub const MAX_REJECTION_LOG_LINES: usize = 10;
@@ -95,6 +98,41 @@ impl IngestReport {
             self.out_of_scope,
             self.rejected.len()
         )
+    }
+}
+
+/// Rejects one event of a delivery: logged (the first [`MAX_REJECTION_LOG_LINES`] of it) and
+/// kept in the report; counted once the delivery is done.
+fn reject(report: &mut IngestReport, reason: String, event_id: Option<&str>) {
+    if report.rejected.len() < MAX_REJECTION_LOG_LINES {
+        log::warn(format_args!(
+            "event rejected (acknowledged, not applied): {reason}{}",
+            event_id
+                .filter(|id| !id.is_empty())
+                .map(|id| format!(" [event id {id:?}]"))
+                .unwrap_or_default()
+        ));
+    }
+    report.rejected.push(reason);
+}
+
+/// What [`Monitor::ingest`] keeps of an event while the store applies it.
+struct Seen {
+    identity: Identity,
+    kind: &'static str,
+    event_id: String,
+    /// The event's own time, when it is too far ahead of its receipt to be used.
+    future_time: Option<Timestamp>,
+}
+
+impl Seen {
+    fn of(e: &ConnectionEvent, received_at: Timestamp) -> Seen {
+        Seen {
+            identity: e.identity.clone(),
+            kind: e.kind.type_name(),
+            event_id: e.event_id.clone(),
+            future_time: e.time.filter(|_| machine::too_far_ahead(e, received_at)),
+        }
     }
 }
 
@@ -203,6 +241,8 @@ pub struct Monitor {
     /// When this process started: quiet time is never counted from before it.
     started_at: Timestamp,
     hubs: std::sync::Mutex<HashMap<String, HubSeen>>,
+    /// Identities whose event time from the future was logged (see [`Monitor::note_future_time`]).
+    future_logged: std::sync::Mutex<HashSet<Identity>>,
     /// Functions mode: write metrics as log lines (there is no `/metrics` scraper there).
     metric_lines: bool,
     last_metric_line: std::sync::Mutex<Timestamp>,
@@ -223,6 +263,7 @@ impl Monitor {
             hub_quiet_after: None,
             started_at: now,
             hubs: std::sync::Mutex::new(HashMap::new()),
+            future_logged: std::sync::Mutex::new(HashSet::new()),
             metric_lines: false,
             last_metric_line: std::sync::Mutex::new(now),
             counts_cache: tokio::sync::Mutex::new(None),
@@ -366,6 +407,7 @@ impl Monitor {
 
     /// Applies a decoded delivery. Returns only after every event's effect is durable; a store
     /// failure fails the whole delivery (so the sender retries it) and nothing is acknowledged.
+    /// An event the store refuses for what it holds is rejected alone, like one decode rejects.
     pub async fn ingest(
         &self,
         items: Vec<Decoded>,
@@ -389,33 +431,26 @@ impl Monitor {
                 Decoded::Validation { code } => report.validation_codes.push(code),
                 Decoded::Ignored { .. } => report.ignored += 1,
                 Decoded::Rejected { reason, event_id } => {
-                    if report.rejected.len() < MAX_REJECTION_LOG_LINES {
-                        log::warn(format_args!(
-                            "event rejected (acknowledged, not applied): {reason}{}",
-                            event_id
-                                .map(|id| format!(" [event id {id:?}]"))
-                                .unwrap_or_default()
-                        ));
-                    }
-                    report.rejected.push(reason);
+                    reject(&mut report, reason, event_id.as_deref())
                 }
             }
         }
+        Counters::add(&self.counters.ignored, report.ignored);
+        Counters::add(&self.counters.out_of_scope, report.out_of_scope);
+        self.metrics.add_all([
+            (&metrics::IGNORED, vec![], report.ignored as u64),
+            (&metrics::OUT_OF_SCOPE, vec![], report.out_of_scope as u64),
+        ]);
+        let result = self.apply(events, received_at, &mut report).await;
         if report.rejected.len() > MAX_REJECTION_LOG_LINES {
             log::warn(format_args!(
                 "{} more event(s) of this delivery rejected (acknowledged, not applied)",
                 report.rejected.len() - MAX_REJECTION_LOG_LINES
             ));
         }
-        Counters::add(&self.counters.ignored, report.ignored);
-        Counters::add(&self.counters.out_of_scope, report.out_of_scope);
         Counters::add(&self.counters.rejected, report.rejected.len());
-        self.metrics.add_all([
-            (&metrics::IGNORED, vec![], report.ignored as u64),
-            (&metrics::OUT_OF_SCOPE, vec![], report.out_of_scope as u64),
-            (&metrics::REJECTED, vec![], report.rejected.len() as u64),
-        ]);
-        let result = self.apply(events, received_at, &mut report).await;
+        let rejected = report.rejected.len() as u64;
+        self.metrics.add(&metrics::REJECTED, &[], rejected);
         if result.is_ok() {
             // Only deliveries that were accepted count as signs of life.
             let due = self.note_hubs(&hubs, received_at);
@@ -427,15 +462,16 @@ impl Monitor {
 
     async fn apply(
         &self,
-        events: Vec<crate::model::ConnectionEvent>,
+        events: Vec<ConnectionEvent>,
         received_at: Timestamp,
         report: &mut IngestReport,
     ) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
         }
-        let types: Vec<&'static str> = events.iter().map(|e| e.kind.type_name()).collect();
-        let applied = match self.store.apply(events, received_at).await {
+        // What the log lines and metrics need of each event once the store has it.
+        let seen: Vec<Seen> = events.iter().map(|e| Seen::of(e, received_at)).collect();
+        let results = match self.store.apply(events, received_at).await {
             Ok(a) => a,
             Err(e) => {
                 self.metrics.add(&metrics::STORE_FAILURES, &[], 1);
@@ -446,22 +482,33 @@ impl Monitor {
                 return Err(e);
             }
         };
-        self.metrics
-            .add_all(applied.iter().zip(&types).map(|(a, t)| {
-                let labels = vec![t.to_string(), a.outcome.as_str().to_string()];
-                (&metrics::EVENTS, labels, 1)
-            }));
-        self.metrics.add_all(applied.iter().filter_map(|a| {
-            let kind = a.alert.as_ref()?.kind.as_str();
-            Some((&metrics::ALERTS_RAISED, vec![kind.to_string()], 1))
-        }));
-        for a in applied {
+        for (result, seen) in results.into_iter().zip(seen) {
+            let a = match result {
+                Ok(a) => a,
+                Err(refused) => {
+                    let reason = format!(
+                        "{} event of {}: {}",
+                        seen.kind,
+                        clip(&seen.identity.to_string()),
+                        refused.reason
+                    );
+                    reject(report, reason, Some(&clip(&seen.event_id)));
+                    continue;
+                }
+            };
+            if let Some(time) = seen.future_time {
+                self.note_future_time(&seen, time, received_at);
+            }
+            let labels = [seen.kind, a.outcome.as_str()];
+            self.metrics.add(&metrics::EVENTS, &labels, 1);
             match a.outcome {
                 Outcome::Duplicate => Counters::add(&self.counters.duplicates, 1),
                 Outcome::Stale => Counters::add(&self.counters.stale, 1),
                 _ => Counters::add(&self.counters.events_applied, 1),
             }
             if let Some(alert) = a.alert {
+                let kind = alert.kind.as_str();
+                self.metrics.add(&metrics::ALERTS_RAISED, &[kind], 1);
                 log::alert(&alerts::log_line(&alert));
                 Counters::add(&self.counters.alerts_raised, 1);
                 report.alerts.push(alert);
@@ -469,6 +516,30 @@ impl Monitor {
             report.outcomes.push(a.outcome);
         }
         Ok(())
+    }
+
+    /// An applied event whose own time was too far ahead of its receipt (the rules used the
+    /// receipt time): counted every time, logged once per identity (per process), so a device
+    /// with a broken clock does not fill the log.
+    fn note_future_time(&self, seen: &Seen, time: Timestamp, received_at: Timestamp) {
+        self.metrics.add(&metrics::FUTURE_TIME, &[seen.kind], 1);
+        let first = {
+            let mut logged = self.future_logged.lock().unwrap_or_else(|p| p.into_inner());
+            if logged.len() >= FUTURE_LOGGED_CAP && !logged.contains(&seen.identity) {
+                logged.clear();
+            }
+            logged.insert(seen.identity.clone())
+        };
+        if first {
+            log::warn(format_args!(
+                "{} event of {} has eventTime {time}, more than {}s after it was received \
+                 ({received_at}): a clock is wrong, so the receipt time is used (logged once per \
+                 identity; counted in connmon_events_future_time_total)",
+                seen.kind,
+                clip(&seen.identity.to_string()),
+                machine::MAX_CLOCK_SKEW.as_secs(),
+            ));
+        }
     }
 
     /// One sweep: claims every outage due now, then delivers the outbox. `now` is read after the

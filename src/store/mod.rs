@@ -59,6 +59,19 @@ pub struct Applied {
     pub alert: Option<Alert>,
 }
 
+/// One event the store refused for what it holds (Table Storage answered 400 for its entity),
+/// while it applied the rest of the delivery: a redelivery would be refused the same way, so the
+/// caller rejects this event alone (logged with `reason`, counted, acknowledged) instead of
+/// failing the delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// What the store said, for the log line.
+    pub reason: String,
+}
+
+/// What the store made of one event of a delivery.
+pub type EventResult = Result<Applied, Refused>;
+
 /// An alert waiting in the outbox for delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedAlert {
@@ -176,12 +189,15 @@ impl std::error::Error for StoreError {}
 
 /// Durable state behind the state machine. Object-safe so the server holds `Arc<dyn Store>`.
 pub trait Store: Send + Sync {
-    /// Applies events (in the order given) and makes the result durable before returning.
+    /// Applies events (in the order given) and makes the result durable before returning: one
+    /// result per event, in order. An event the store refuses for what it holds is [`Refused`]
+    /// alone; an `Err` of the whole call (the store is unavailable) means the delivery must be
+    /// retried — what of it was applied is then applied again as duplicates.
     fn apply(
         &self,
         events: Vec<ConnectionEvent>,
         received_at: Timestamp,
-    ) -> BoxFuture<'_, Result<Vec<Applied>, StoreError>>;
+    ) -> BoxFuture<'_, Result<Vec<EventResult>, StoreError>>;
 
     /// Claims outages due at `now` (start + grace <= now, no alert yet): records the alert on each
     /// identity and queues it, atomically. Returns the claimed alerts: about `limit` of them (a

@@ -13,8 +13,8 @@
 
 use super::lock::ProcessLock;
 use super::{
-    decode_times, encode_times, Applied, BoxFuture, Counts, IdentityRecord, Overview, QueuedAlert,
-    QuietCheck, Store, StoreConfig, StoreError,
+    decode_times, encode_times, Applied, BoxFuture, Counts, EventResult, IdentityRecord, Overview,
+    QueuedAlert, QuietCheck, Store, StoreConfig, StoreError,
 };
 use crate::alerts::AlertBody;
 use crate::machine::{self, Alert, Claim, Flapping, IdentityState, Outage, Policy};
@@ -134,7 +134,7 @@ enum Command {
     Apply {
         events: Vec<ConnectionEvent>,
         received_at: Timestamp,
-        reply: oneshot::Sender<Result<Vec<Applied>, StoreError>>,
+        reply: oneshot::Sender<Result<Vec<EventResult>, StoreError>>,
     },
     ClaimDue {
         now: Timestamp,
@@ -321,7 +321,7 @@ impl Store for SqliteStore {
         &self,
         events: Vec<ConnectionEvent>,
         received_at: Timestamp,
-    ) -> BoxFuture<'_, Result<Vec<Applied>, StoreError>> {
+    ) -> BoxFuture<'_, Result<Vec<EventResult>, StoreError>> {
         Box::pin(self.call(move |reply| Command::Apply {
             events,
             received_at,
@@ -599,8 +599,8 @@ fn hub_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HubState> {
 /// A result computed inside the transaction, sent only after the commit succeeded.
 enum Pending {
     Apply(
-        oneshot::Sender<Result<Vec<Applied>, StoreError>>,
-        Vec<Applied>,
+        oneshot::Sender<Result<Vec<EventResult>, StoreError>>,
+        Vec<EventResult>,
     ),
     Claim(oneshot::Sender<Result<Vec<Alert>, StoreError>>, Vec<Alert>),
     Queued(
@@ -760,7 +760,9 @@ fn exec(tx: &rusqlite::Transaction<'_>, cfg: &StoreConfig, cmd: Command) -> Exec
             received_at,
             reply,
         } => match apply_events(tx, cfg, &events, received_at) {
-            Ok(v) => Ok(Pending::Apply(reply, v)),
+            // SQLite refuses no single event: no id reaches a limit of its, and what can fail
+            // (a full disk, a read-only or corrupt file) fails every event alike.
+            Ok(v) => Ok(Pending::Apply(reply, v.into_iter().map(Ok).collect())),
             Err(e) => Err((Pending::Apply(reply, Vec::new()), e)),
         },
         Command::ClaimDue { now, limit, reply } => match claim_due(tx, cfg, now, limit) {

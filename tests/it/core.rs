@@ -922,3 +922,81 @@ fn a_sequence_number_of_64_characters_but_not_64_bytes_is_not_hex() {
         "sequenceNumber must be 64 hex digits, found a non-hex character"
     );
 }
+
+/// An event time more than five minutes after the receipt comes from a wrong clock: the rules use
+/// the receipt time instead, for disconnects and deletions alike. Up to five minutes ahead (clocks
+/// disagree by seconds) and anything earlier is believed; no time at all is the receipt time.
+#[test]
+fn an_event_time_more_than_five_minutes_after_its_receipt_is_taken_as_the_receipt() {
+    let policy = Policy::new(Duration::from_secs(GRACE));
+    let received = at(1000);
+    let y2999 = Timestamp::parse_rfc3339("2999-01-01T00:00:00Z").unwrap();
+    // (the event's own time, the time the rules must use)
+    let cases = [
+        (None, received),
+        (Some(at(10)), at(10)),
+        (Some(at(1300)), at(1300)),
+        (Some(at(1300).plus_millis(1)), received),
+        (Some(y2999), received),
+    ];
+    for (time, want) in cases {
+        for kind in [EventKind::Disconnected(seq(1)), EventKind::Deleted] {
+            let ev = ConnectionEvent {
+                identity: dev("d1"),
+                kind,
+                time,
+                event_id: String::new(),
+            };
+            let t = apply(&IdentityState::default(), &ev, received, &policy);
+            let used = match kind {
+                EventKind::Deleted => t.state.deleted_at,
+                _ => t.state.outage.map(|o| o.started_at),
+            };
+            assert_eq!(used, Some(want), "{kind:?} at {time:?}");
+        }
+    }
+}
+
+/// A disconnect stamped 2999 alerts a grace period after it was received; a deletion stamped 2999
+/// does not hide the device's later events.
+#[test]
+fn a_disconnect_or_deletion_stamped_2999_does_not_blind_connmon() {
+    let policy = Policy::new(Duration::from_secs(GRACE));
+    let y2999 = Some(Timestamp::parse_rfc3339("2999-01-01T00:00:00Z").unwrap());
+    let ev = |kind, time| ConnectionEvent {
+        identity: dev("d1"),
+        kind,
+        time,
+        event_id: String::new(),
+    };
+    let t = apply(
+        &IdentityState::default(),
+        &ev(EventKind::Disconnected(seq(1)), y2999),
+        at(0),
+        &policy,
+    );
+    assert_eq!(t.outcome, Outcome::Opened);
+    assert_eq!(
+        claim_due(&dev("d1"), &t.state, at(GRACE as i64 - 1), &policy),
+        Claim::NotDue
+    );
+    let Claim::Alert(_, alert) = claim_due(&dev("d1"), &t.state, at(GRACE as i64), &policy) else {
+        panic!("due a grace period after it was received");
+    };
+    assert_eq!(alert.disconnected_at, at(0));
+
+    let deleted = apply(
+        &IdentityState::default(),
+        &ev(EventKind::Deleted, y2999),
+        at(0),
+        &policy,
+    );
+    assert_eq!(deleted.outcome, Outcome::Deleted);
+    let back = apply(
+        &deleted.state,
+        &ev(EventKind::Connected(seq(1)), Some(at(10))),
+        at(11),
+        &policy,
+    );
+    assert_eq!(back.outcome, Outcome::Connected);
+}

@@ -439,3 +439,34 @@ fn hub_names_and_rejection_lines_stay_short_and_on_one_line() {
     let ok = decode::decode_delivery(&json!([eg(conn, data("My-Hub"))])).unwrap();
     assert_eq!(event(&ok[0]).identity.hub(), "my-hub");
 }
+
+/// IoT Hub ids are at most 128 ASCII characters: the longest (128 `%`, the character the Table
+/// keys escape) decodes, 128 emoji are rejected naming the rule, for device and module ids alike.
+#[test]
+fn ids_are_the_ascii_iot_hub_accepts_up_to_128_characters() {
+    let conn = "Microsoft.Devices.DeviceConnected";
+    let data = |device: &str, module: &str| {
+        json!({"hubName": "h", "deviceId": device, "moduleId": module,
+               "deviceConnectionStateEventInfo": {"sequenceNumber": DOC_SEQ}})
+    };
+    let long = "%".repeat(128);
+    let ok = decode::decode_delivery(&json!([eg(conn, data(&long, &long))])).unwrap();
+    let e = event(&ok[0]);
+    assert_eq!(
+        (e.identity.device(), e.identity.module()),
+        (long.as_str(), Some(long.as_str()))
+    );
+
+    let emoji = "🔥".repeat(128);
+    assert_eq!(
+        reason(&eg(conn, data(&emoji, ""))),
+        format!(
+            "{conn}: `data.deviceId` contains a character that is not ASCII (IoT Hub ids are \
+             ASCII letters, digits and `- : . + % _ # * ? ! ( ) , = @ ; $ '`)"
+        )
+    );
+    assert!(reason(&eg(conn, data("d", "mödule")))
+        .contains("`data.moduleId` contains a character that is not ASCII"));
+    assert!(reason(&eg(conn, data("d", &format!("{long}%"))))
+        .contains("`data.moduleId` is longer than 128"));
+}

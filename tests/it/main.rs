@@ -19,6 +19,7 @@ mod table_client;
 
 mod alert_webhook;
 mod channels;
+mod clock;
 mod crash;
 mod dashboard;
 mod faults;
@@ -26,6 +27,7 @@ mod host;
 mod http_edge;
 mod multi_instance;
 mod readme;
+mod poison;
 mod replay;
 mod restart;
 mod standalone;

@@ -626,7 +626,12 @@ fn run_store(case: &Case) -> (Run, Vec<(String, String)>) {
                         .map(|&(e, upper)| connection_event(case, e, upper))
                         .collect();
                     let applied = store.apply(events, at(*time)).await.expect("apply");
-                    alerts.extend(applied.into_iter().filter_map(|a| a.alert).map(|a| (i, a)));
+                    alerts.extend(
+                        applied
+                            .into_iter()
+                            .filter_map(|a| a.expect("not refused").alert)
+                            .map(|a| (i, a)),
+                    );
                 }
                 Step::Sweep => {
                     let claimed = store.claim_due(at(*time), 10_000).await.expect("claim");

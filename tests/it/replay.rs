@@ -581,10 +581,8 @@ fn replay_parallel_jsonl_loads_like_the_sequential_general_path() {
                            "data": e["data"]})
             }
             1 => e["data"]["hubName"] = json!("SIM-HUB"),
-            2 => {
-                e["data"]["deviceId"] =
-                    json!(format!("{}-é", e["data"]["deviceId"].as_str().unwrap()))
-            }
+            // Not plain ASCII: the general path (an id may not hold it: IoT Hub ids are ASCII).
+            2 => e["id"] = json!(format!("{}-é", e["id"].as_str().unwrap())),
             3 => e["eventType"] = json!("Microsoft.Devices.DeviceCreated"),
             4 => e["topic"] = json!(format!("{}\"", e["topic"].as_str().unwrap())),
             5 => {

@@ -127,7 +127,7 @@ async fn a_locked_database_fails_the_call_and_recovers_when_released() {
         .apply(vec![ev("d1", 1, false, 0)], at(2))
         .await
         .unwrap();
-    assert_eq!(ok[0].outcome, Outcome::Opened);
+    assert_eq!(ok[0].as_ref().unwrap().outcome, Outcome::Opened);
 }
 
 #[tokio::test]

@@ -14,8 +14,9 @@
 //! | `h\|{hub}` | a hub (`HubState`): its last event, an open `hub_quiet`; in partition `shard_of(hub, "")` | the hub was heard from |
 //! | `m\|lastSweep` | when the last sweep ended; in `s00` | after the first sweep |
 //!
-//! Ids are escaped with [`key_part`] (`%XX` for `%`, `'`, `|`, `/`, `\`, `#`, `?`, control and
-//! non-ASCII characters), so every IoT Hub id is a valid key and prefixes never collide.
+//! Ids are escaped (`%XX` for `%`, `'`, `|`, `/`, `\`, `#`, `?`, control and non-ASCII
+//! characters), so prefixes never collide, and a part too long for the service's key size is
+//! hashed: every IoT Hub identity has a valid key (`keys.rs` owns the scheme).
 //!
 //! # Promises (those of `store/mod.rs`)
 //! - Durable: a call returns after Table Storage acknowledged every write.
@@ -31,16 +32,18 @@
 pub mod auth;
 pub mod client;
 pub mod conn;
+mod keys;
 
 use super::{
-    decode_times, encode_times, Applied, BoxFuture, Counts, IdentityRecord, Overview, QueuedAlert,
-    QuietCheck, Store, StoreConfig, StoreError,
+    decode_times, encode_times, Applied, BoxFuture, Counts, EventResult, IdentityRecord, Overview,
+    QueuedAlert, QuietCheck, Refused, Store, StoreConfig, StoreError,
 };
 use crate::alerts::AlertBody;
 use crate::machine::{self, Alert, Claim, Flapping, IdentityState, Outage, Policy};
 use crate::model::{ConnectionEvent, EventKind, Identity, SequenceNumber, Timestamp};
 use crate::status::{self, History, HubState, Quiet};
 use client::{odata_string, BatchOp, Continuation, Entity, TableClient, TableError, MAX_PAGE};
+use keys::{device_prefix, due_key, hub_part, identity_key, key_part};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tokio::task::JoinSet;
@@ -239,6 +242,45 @@ fn table_err(e: TableError) -> StoreError {
     StoreError::Unavailable(format!("Azure Table Storage: {e}"))
 }
 
+/// Why one event was not applied: the service refused what it holds, or the store failed.
+enum Failed {
+    /// This event alone (see [`refuses_entity`]); the rest of the delivery goes on.
+    Refused(Refused),
+    /// The whole delivery is answered 503.
+    Store(StoreError),
+}
+
+impl From<StoreError> for Failed {
+    fn from(e: StoreError) -> Failed {
+        Failed::Store(e)
+    }
+}
+
+/// The service refused the request for what it holds — 400 (an entity or key it does not take:
+/// `PropertyValueTooLarge`, `InvalidInput`, `OutOfRangeInput`) or 413 (an entity over 1 MiB) — or
+/// the client refused to send it (a key with a forbidden character): sending it again can only
+/// end the same way. Authentication failures (401/403), a missing table and the service being
+/// unavailable are none of these: they fail every event alike.
+fn refuses_entity(e: &TableError) -> bool {
+    match e {
+        TableError::Rejected { status, .. } => matches!(status, 400 | 413),
+        TableError::Invalid(_) => true,
+        TableError::BatchFailed { source, .. } => refuses_entity(source),
+        _ => false,
+    }
+}
+
+/// A failed request made while applying one event, sorted into [`Failed`].
+fn event_err(e: TableError) -> Failed {
+    if refuses_entity(&e) {
+        Failed::Refused(Refused {
+            reason: format!("Azure Table Storage refused it: {e}"),
+        })
+    } else {
+        Failed::Store(table_err(e))
+    }
+}
+
 impl TableStore {
     /// Creates the table if it is missing and returns the store.
     pub async fn open(client: TableClient, cfg: StoreConfig) -> Result<TableStore, StoreError> {
@@ -257,23 +299,6 @@ impl TableStore {
 // ---------------------------------------------------------------------------------------------
 // Keys
 
-/// Escapes one id for use inside a key: keeps the characters IoT Hub ids are made of (except `%`
-/// and `'`) and `%XX`-escapes everything else, including the separator `|` and the characters
-/// Table Storage forbids in keys (`/ \ # ?`, control characters). `'` is escaped too: Azurite
-/// misparses a batch whose row key contains `',` (the service does not), and it costs nothing.
-pub fn key_part(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        let keep = b.is_ascii_alphanumeric() || b"-:.+_*!(),=@;$".contains(&b);
-        if keep {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// The partition of a device (and of all its modules).
 pub fn shard_of(hub: &str, device: &str) -> String {
     // FNV-1a: stable across versions and platforms, unlike std's hasher.
@@ -287,28 +312,6 @@ pub fn shard_of(hub: &str, device: &str) -> String {
 
 fn shard_name(n: u32) -> String {
     format!("s{n:02x}")
-}
-
-/// `{hub}|{device}|{module}` escaped: the identity's name inside index keys.
-fn identity_suffix(id: &Identity) -> String {
-    format!(
-        "{}|{}|{}",
-        key_part(id.hub()),
-        key_part(id.device()),
-        key_part(id.module().unwrap_or(""))
-    )
-}
-
-fn identity_key(id: &Identity) -> String {
-    format!("i|{}", identity_suffix(id))
-}
-
-fn due_key(start: Timestamp, id: &Identity) -> String {
-    format!(
-        "d|{:015}|{}",
-        start.unix_millis().max(0),
-        identity_suffix(id)
-    )
 }
 
 /// `queued_at`: the alert's place in the delivery order (`detected_at`, or later: see
@@ -584,12 +587,12 @@ enum Claimed {
 }
 
 impl Inner {
-    async fn load(&self, pk: &str, id: &Identity) -> Result<Remembered, StoreError> {
+    async fn load(&self, pk: &str, id: &Identity) -> Result<Remembered, Failed> {
         match self
             .client
             .get(pk, &identity_key(id))
             .await
-            .map_err(table_err)?
+            .map_err(event_err)?
         {
             Some(e) => Ok(Remembered {
                 state: state_of(&e),
@@ -603,7 +606,7 @@ impl Inner {
 
     /// Queued alerts of `id` to withdraw on deletion: its undelivered `disconnected` alerts and the
     /// `reconnected` alerts paired with them.
-    async fn withdrawable(&self, pk: &str, id: &Identity) -> Result<Vec<Entity>, StoreError> {
+    async fn withdrawable(&self, pk: &str, id: &Identity) -> Result<Vec<Entity>, Failed> {
         let filter = format!(
             "{} and identity eq {}",
             range_filter(pk, "o|", "o}"),
@@ -613,7 +616,7 @@ impl Inner {
             .client
             .query(&filter, Some(&["kind", "dedupKey"]), None)
             .await
-            .map_err(table_err)?;
+            .map_err(event_err)?;
         let withdrawn: Vec<String> = queued
             .iter()
             .filter(|e| e.get_str("kind") == Some("disconnected"))
@@ -634,7 +637,7 @@ impl Inner {
         &self,
         ev: &ConnectionEvent,
         received_at: Timestamp,
-    ) -> Result<Applied, StoreError> {
+    ) -> Result<Applied, Failed> {
         let id = &ev.identity;
         let pk = shard_of(id.hub(), id.device());
         let row_key = format!("{pk}/{}", identity_key(id));
@@ -735,13 +738,13 @@ impl Inner {
                 }
                 Err(e) => {
                     self.rows.forget(&row_key);
-                    return Err(table_err(e));
+                    return Err(event_err(e));
                 }
             }
         }
-        Err(StoreError::Conflict(format!(
+        Err(Failed::Store(StoreError::Conflict(format!(
             "identity {id} kept changing during {MAX_CONFLICT_RETRIES} attempts"
-        )))
+        ))))
     }
 
     /// A `DeviceDeleted` applies to the device and to every module of it (same partition).
@@ -749,14 +752,10 @@ impl Inner {
         &self,
         ev: &ConnectionEvent,
         received_at: Timestamp,
-    ) -> Result<Applied, StoreError> {
+    ) -> Result<Applied, Failed> {
         let id = &ev.identity;
         let pk = shard_of(id.hub(), id.device());
-        let (from, to) = prefix_range(&format!(
-            "i|{}|{}|",
-            key_part(id.hub()),
-            key_part(id.device())
-        ));
+        let (from, to) = prefix_range(&format!("i|{}|", device_prefix(id.hub(), id.device())));
         let rows = self
             .client
             .query(
@@ -765,7 +764,7 @@ impl Inner {
                 None,
             )
             .await
-            .map_err(table_err)?;
+            .map_err(event_err)?;
         let device = self.apply_one(ev, received_at).await?;
         for row in rows {
             let module = row.get_str("module").unwrap_or("");
@@ -785,7 +784,7 @@ impl Inner {
         self: &Arc<Self>,
         events: Vec<ConnectionEvent>,
         received_at: Timestamp,
-    ) -> Result<Vec<Applied>, StoreError> {
+    ) -> Result<Vec<EventResult>, StoreError> {
         // Events of one identity are applied in the order given; identities in parallel.
         let n = events.len();
         let mut groups: BTreeMap<Identity, Vec<(usize, ConnectionEvent)>> = BTreeMap::new();
@@ -793,7 +792,7 @@ impl Inner {
             let key = Identity::new(ev.identity.hub(), ev.identity.device(), None);
             groups.entry(key).or_default().push((i, ev));
         }
-        let mut results: Vec<Option<Applied>> = vec![None; n];
+        let mut results: Vec<Option<EventResult>> = vec![None; n];
         let mut tasks = JoinSet::new();
         let mut groups = groups.into_values();
         loop {
@@ -804,11 +803,18 @@ impl Inner {
                     let mut out = Vec::with_capacity(group.len());
                     for (i, ev) in group {
                         let a = if ev.kind == EventKind::Deleted {
-                            me.apply_delete(&ev, received_at).await?
+                            me.apply_delete(&ev, received_at).await
                         } else {
-                            me.apply_one(&ev, received_at).await?
+                            me.apply_one(&ev, received_at).await
                         };
-                        out.push((i, a));
+                        out.push((
+                            i,
+                            match a {
+                                Ok(a) => Ok(a),
+                                Err(Failed::Refused(r)) => Err(r),
+                                Err(Failed::Store(e)) => return Err(e),
+                            },
+                        ));
                     }
                     Ok::<_, StoreError>(out)
                 });
@@ -1188,7 +1194,7 @@ impl Store for TableStore {
         &self,
         events: Vec<ConnectionEvent>,
         received_at: Timestamp,
-    ) -> BoxFuture<'_, Result<Vec<Applied>, StoreError>> {
+    ) -> BoxFuture<'_, Result<Vec<EventResult>, StoreError>> {
         Box::pin(async move { self.inner.apply_events(events, received_at).await })
     }
 
@@ -1310,7 +1316,7 @@ impl Store for TableStore {
             // Row-key order (the escaped ids), merged over the partitions: each gives its first
             // `limit` after the cursor, the smallest `limit` of them all are the page.
             let (from, to) = match &hub {
-                Some(h) => prefix_range(&format!("i|{}|", key_part(h))),
+                Some(h) => prefix_range(&format!("i|{}|", hub_part(h))),
                 None => prefix_range("i|"),
             };
             let after = after.as_ref().map(identity_key);
