@@ -61,7 +61,13 @@ pub const STORE_FAILURES: Family = Family {
     labels: &[],
 };
 
-const COUNTERS: [&Family; 8] = [
+pub const DEAD_LETTERS: Family = Family {
+    name: "connmon_outbox_dead_letters_total",
+    help: "Outbox entries set aside as dead letters because they can never be delivered (their body is not an alert); neither sent nor counted as delivered.",
+    labels: &[],
+};
+
+const COUNTERS: [&Family; 9] = [
     &EVENTS,
     &IGNORED,
     &OUT_OF_SCOPE,
@@ -70,6 +76,7 @@ const COUNTERS: [&Family; 8] = [
     &ALERTS_DELIVERED,
     &DELIVERY_FAILURES,
     &STORE_FAILURES,
+    &DEAD_LETTERS,
 ];
 
 type Key = (&'static str, Vec<String>);

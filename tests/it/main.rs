@@ -20,6 +20,7 @@ mod alert_webhook;
 mod channels;
 mod crash;
 mod dashboard;
+mod dead_letters;
 mod faults;
 mod host;
 mod multi_instance;

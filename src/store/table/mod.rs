@@ -13,6 +13,7 @@
 //! | `o\|{raised at, 15 digits}\|{dedupKey}\|{kind}` | a queued alert (the outbox) | until delivered |
 //! | `h\|{hub}` | a hub (`HubState`): its last event, an open `hub_quiet`; in partition `shard_of(hub, "")` | the hub was heard from |
 //! | `m\|lastSweep` | when the last sweep ended; in `s00` | after the first sweep |
+//! | `{partition}\|{outbox row key}` in partition `dead` | a dead letter: an outbox entity that can never be delivered, with `reason` and `deadAt` | kept |
 //!
 //! Ids are escaped with [`key_part`] (`%XX` for `%`, `'`, `|`, `/`, `\`, `#`, `?`, control and
 //! non-ASCII characters), so every IoT Hub id is a valid key and prefixes never collide.
@@ -33,8 +34,8 @@ pub mod client;
 pub mod conn;
 
 use super::{
-    decode_times, encode_times, Applied, BoxFuture, Counts, IdentityRecord, Overview, QueuedAlert,
-    QuietCheck, Store, StoreConfig, StoreError,
+    decode_times, encode_times, Applied, BoxFuture, Counts, DeadLetter, IdentityRecord, Overview,
+    QueuedAlert, QuietCheck, Store, StoreConfig, StoreError,
 };
 use crate::alerts::AlertBody;
 use crate::machine::{self, Alert, Claim, Flapping, IdentityState, Outage, Policy};
@@ -213,6 +214,10 @@ impl Client {
 
     async fn replace(&self, e: &Entity, etag: &str) -> Result<String, TableError> {
         self.again(|| self.0.replace(e, etag)).await
+    }
+
+    async fn upsert(&self, e: &Entity) -> Result<String, TableError> {
+        self.again(|| self.0.upsert(e)).await
     }
 
     async fn delete(&self, pk: &str, rk: &str, etag: &str) -> Result<(), TableError> {
@@ -543,6 +548,29 @@ fn outbox_entity(
     e.set_i64("nextAttemptAt", alert.detected_at.unix_millis());
     e.set_i64("leaseUntil", 0);
     Ok(e)
+}
+
+/// The channel an outbox entity is queued for, escaped as in keys: its `channel` property, or the
+/// last part of its row key when the properties are gone.
+fn outbox_channel(e: &Entity) -> Option<String> {
+    match e.get_str("channel") {
+        Some(c) => Some(key_part(c)),
+        None => e.row_key.rsplit('|').next().map(str::to_string),
+    }
+}
+
+/// Dead letters all live in this one partition (outside the shards, which nothing else reads),
+/// keyed by the outbox entity's partition and row key: counting them is one query, and setting
+/// the same entity aside twice writes the same row.
+const DEAD_SHARD: &str = "dead";
+
+/// The dead-letter entity of the outbox entity `e`: every property it had, plus why and when.
+fn dead_entity(e: &Entity, reason: &str, now: Timestamp) -> Entity {
+    let mut d = Entity::new(DEAD_SHARD, &format!("{}|{}", e.partition_key, e.row_key));
+    d.props = e.props.clone();
+    d.set_str("reason", reason);
+    d.set_i64("deadAt", now.unix_millis());
+    d
 }
 
 /// The opaque handle `queued` gives out: partition, row key and the lease's ETag.
@@ -927,16 +955,17 @@ impl Inner {
         Ok(None)
     }
 
+    /// The outbox entities of `channel` in partition `pk`. Filtered here rather than by the
+    /// service on the `channel` property, so an entity that lost its properties is still found
+    /// (its row key names the channel) and set aside as a dead letter instead of waiting forever.
     async fn outbox(&self, pk: String, channel: String) -> Result<Vec<Entity>, StoreError> {
-        let filter = format!(
-            "{} and channel eq {}",
-            range_filter(&pk, "o|", "o}"),
-            odata_string(&channel)
-        );
-        self.client
-            .query(&filter, None, None)
+        let mut all = self
+            .client
+            .query(&range_filter(&pk, "o|", "o}"), None, None)
             .await
-            .map_err(table_err)
+            .map_err(table_err)?;
+        all.retain(|e| outbox_channel(e) == Some(key_part(&channel)));
+        Ok(all)
     }
 
     /// Leases up to `limit` due alerts of `channel`, oldest first across partitions.
@@ -977,7 +1006,7 @@ impl Inner {
                     e.etag = Some(new_etag);
                     out.push(QueuedAlert {
                         id: handle(&e),
-                        body: e.get_str("body").unwrap_or("{}").to_string(),
+                        body: e.get_str("body").unwrap_or_default().to_string(),
                         attempts: e.get_i64("attempts").unwrap_or(0) as u32,
                     });
                 }
@@ -1270,6 +1299,59 @@ impl Store for TableStore {
                 }
             }
             Ok(())
+        })
+    }
+
+    fn dead_letter(
+        &self,
+        letters: Vec<DeadLetter>,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let client = &self.inner.client;
+            for l in &letters {
+                let Some((pk, rk, etag)) = parse_handle(&l.id) else {
+                    continue;
+                };
+                let Some(e) = client.get(pk, rk).await.map_err(table_err)? else {
+                    continue;
+                };
+                if e.etag.as_deref() != Some(etag) {
+                    continue; // no longer ours
+                }
+                // Two steps (the dead letters are in another partition): written first, so a
+                // crash in between leaves the entry in the outbox to be set aside again, onto
+                // the same dead-letter row.
+                client
+                    .upsert(&dead_entity(&e, &l.reason, now))
+                    .await
+                    .map_err(table_err)?;
+                match client.delete(pk, rk, etag).await {
+                    Ok(()) => {
+                        let channel = outbox_channel(&e).unwrap_or_default();
+                        super::log_dead_letter(&format!("{pk}/{rk}"), &channel, &l.reason);
+                    }
+                    Err(err) if is_contention(&err) || is_not_found(&err) => {}
+                    Err(err) => return Err(table_err(err)),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn dead_letters(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let rows = self
+                .inner
+                .client
+                .query(
+                    &format!("PartitionKey eq {}", odata_string(DEAD_SHARD)),
+                    Some(&["RowKey"]),
+                    None,
+                )
+                .await
+                .map_err(table_err)?;
+            Ok(rows.len() as u64)
         })
     }
 
