@@ -67,7 +67,13 @@ pub const DEAD_LETTERS: Family = Family {
     labels: &[],
 };
 
-const COUNTERS: [&Family; 9] = [
+pub const STORE_RESETS: Family = Family {
+    name: "connmon_store_resets_total",
+    help: "Times this process found the store come back empty and raised the store_reset alert (one instance raises it per reset).",
+    labels: &[],
+};
+
+const COUNTERS: [&Family; 10] = [
     &EVENTS,
     &IGNORED,
     &OUT_OF_SCOPE,
@@ -77,6 +83,7 @@ const COUNTERS: [&Family; 9] = [
     &DELIVERY_FAILURES,
     &STORE_FAILURES,
     &DEAD_LETTERS,
+    &STORE_RESETS,
 ];
 
 type Key = (&'static str, Vec<String>);

@@ -518,6 +518,11 @@ impl Monitor {
             log::alert(&alerts::log_line(a));
         }
         Counters::add(&self.counters.alerts_raised, hub_alerts.len());
+        let resets = hub_alerts
+            .iter()
+            .filter(|a| a.kind == crate::machine::AlertKind::StoreReset)
+            .count();
+        self.metrics.add(&metrics::STORE_RESETS, &[], resets as u64);
         report.claimed.extend(hub_alerts);
         self.metrics.add_all(report.claimed.iter().map(|a| {
             (

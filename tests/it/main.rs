@@ -28,3 +28,4 @@ mod replay;
 mod restart;
 mod standalone;
 mod status_api;
+mod store_reset;
