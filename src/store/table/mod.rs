@@ -266,9 +266,14 @@ impl TableStore {
             known: Memory::default(),
             generation: Default::default(),
         });
-        // Learns the store's generation (or starts the first one): a fresh process cannot tell a
-        // first start from a reset, so this never raises an alert.
-        inner.check_reset(Timestamp::now()).await?;
+        // Learns the store's generation (or starts the first one) in the background: a fresh
+        // process cannot tell a first start from a reset, so this never raises an alert, and
+        // start-up must not wait on it (or fail while the service throttles). If it fails, the
+        // first sweep learns the generation instead.
+        let me = inner.clone();
+        tokio::spawn(async move {
+            let _ = me.check_reset(Timestamp::now()).await;
+        });
         Ok(TableStore { inner })
     }
 }
