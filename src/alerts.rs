@@ -27,7 +27,15 @@ pub struct AlertBody {
     /// `flapping`: what the rhythm suggests (e.g. a duplicate device identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// `store_reset`: what was detected, in words (which store, what was missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
+
+/// What a `store_reset` means for the people who receive it: said the same way by every channel.
+pub const STORE_RESET_MEANING: &str = "connmon's state was lost: outages that were open before \
+     it are forgotten (no reconnected alert will follow them) until those devices report again; \
+     alerts that were queued and not yet delivered are gone";
 
 impl From<&Alert> for AlertBody {
     fn from(a: &Alert) -> Self {
@@ -45,6 +53,7 @@ impl From<&Alert> for AlertBody {
             disconnects: a.flap.as_ref().map(|f| f.disconnects),
             window_seconds: a.flap.as_ref().map(|f| f.window_seconds),
             hint: a.flap.as_ref().and_then(|f| f.hint.clone()),
+            detail: a.detail.as_ref().map(|d| d.0.clone()),
         }
     }
 }
@@ -78,6 +87,16 @@ pub fn log_line(a: &Alert) -> String {
             a.reconnected_at.unwrap_or(a.detected_at),
             a.downtime_seconds
         ),
+        AlertKind::StoreReset => {
+            return format!(
+                "store_reset since {}: {}; {STORE_RESET_MEANING} dedupKey={}",
+                a.disconnected_at,
+                a.detail
+                    .as_ref()
+                    .map_or("the store came back empty", |d| &d.0),
+                a.dedup_key
+            )
+        }
         AlertKind::Flapping | AlertKind::FlappingResolved => {
             let f = a.flap.as_ref();
             format!(

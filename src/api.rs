@@ -23,6 +23,9 @@ pub struct StatusView {
     pub last_sweep_at: Option<String>,
     /// Alert deliveries waiting in the outbox (all channels).
     pub queued_deliveries: u64,
+    /// Outbox entries set aside because they can never be delivered (their body is not an
+    /// alert): neither sent nor retried, kept for an operator to look at.
+    pub dead_letters: u64,
     pub grace_period_seconds: i64,
     /// `CONNMON_HUB_QUIET_AFTER` in seconds, when set.
     pub hub_quiet_after_seconds: Option<i64>,
@@ -57,6 +60,7 @@ pub fn status_view(
     counts: Counts,
     overview: &Overview,
     queued: u64,
+    dead_letters: u64,
     policy: &Policy,
     hub_quiet_after: Option<std::time::Duration>,
     now: Timestamp,
@@ -71,6 +75,7 @@ pub fn status_view(
         hubs: overview.hubs.iter().map(|h| HubView::of(h, now)).collect(),
         last_sweep_at: overview.last_sweep_at.map(Timestamp::to_rfc3339),
         queued_deliveries: queued,
+        dead_letters,
         grace_period_seconds: policy.grace_seconds(),
         hub_quiet_after_seconds: hub_quiet_after.map(|d| d.as_secs() as i64),
         generated_at: now.to_rfc3339(),

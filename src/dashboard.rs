@@ -1007,6 +1007,7 @@ mod tests {
             }],
             last_sweep_at: None,
             queued_deliveries: 0,
+            dead_letters: 0,
             grace_period_seconds: 300,
             hub_quiet_after_seconds: None,
             generated_at: now.to_rfc3339(),

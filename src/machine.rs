@@ -147,6 +147,10 @@ pub enum AlertKind {
     HubQuiet,
     /// Events arrive again from a hub that was reported quiet (same `dedupKey`).
     HubResumed,
+    /// The store came back empty (its table deleted, the emulator restarted, the file replaced):
+    /// outages open before it are forgotten until their devices report again. Hub and device
+    /// ids are empty; `Alert::detail` says what was detected.
+    StoreReset,
 }
 
 impl AlertKind {
@@ -159,6 +163,7 @@ impl AlertKind {
             AlertKind::Reminder => "reminder",
             AlertKind::HubQuiet => "hub_quiet",
             AlertKind::HubResumed => "hub_resumed",
+            AlertKind::StoreReset => "store_reset",
         }
     }
 }
@@ -176,7 +181,14 @@ pub struct Alert {
     pub detected_at: Timestamp,
     /// For `flapping` / `flapping_resolved`: how it flapped.
     pub flap: Option<FlapInfo>,
+    /// For `store_reset`: what was detected, in words. Boxed: a rare kind's text should not make
+    /// every alert (and every enum that carries one) bigger.
+    pub detail: Option<Box<Detail>>,
 }
+
+/// The words of a `store_reset` alert: which store, and what was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detail(pub String);
 
 /// The particulars of a `flapping` alert.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -412,6 +424,7 @@ pub fn apply_in_place(
                         grace_period_seconds: policy.grace_for(&event.identity).as_secs() as i64,
                         detected_at: received_at,
                         flap: None,
+                        detail: None,
                     });
                     Outcome::Reconnected
                 }
@@ -470,6 +483,7 @@ fn record_flap(
             window_seconds: policy.flap_window.as_secs() as i64,
             hint,
         }),
+        detail: None,
     })
 }
 
@@ -573,6 +587,7 @@ pub fn claim_due(
         grace_period_seconds: grace.as_secs() as i64,
         detected_at: now,
         flap: None,
+        detail: None,
     };
     let next = IdentityState {
         outage: Some(Outage {
@@ -616,6 +631,7 @@ fn remind(
         grace_period_seconds: policy.grace_for(identity).as_secs() as i64,
         detected_at: now,
         flap: None,
+        detail: None,
     };
     Some(Claim::Alert(with_next(next_at), alert))
 }
@@ -647,6 +663,7 @@ fn resolve_flapping(
             window_seconds: policy.flap_window.as_secs() as i64,
             hint: None,
         }),
+        detail: None,
     };
     let next = IdentityState {
         flaps: Vec::new(),

@@ -66,7 +66,19 @@ pub const STORE_FAILURES: Family = Family {
     labels: &[],
 };
 
-const COUNTERS: [&Family; 9] = [
+pub const DEAD_LETTERS: Family = Family {
+    name: "connmon_outbox_dead_letters_total",
+    help: "Outbox entries set aside as dead letters because they can never be delivered (their body is not an alert); neither sent nor counted as delivered.",
+    labels: &[],
+};
+
+pub const STORE_RESETS: Family = Family {
+    name: "connmon_store_resets_total",
+    help: "Times this process found the store come back empty and raised the store_reset alert (one instance raises it per reset).",
+    labels: &[],
+};
+
+const COUNTERS: [&Family; 11] = [
     &EVENTS,
     &IGNORED,
     &OUT_OF_SCOPE,
@@ -76,6 +88,8 @@ const COUNTERS: [&Family; 9] = [
     &ALERTS_DELIVERED,
     &DELIVERY_FAILURES,
     &STORE_FAILURES,
+    &DEAD_LETTERS,
+    &STORE_RESETS,
 ];
 
 type Key = (&'static str, Vec<String>);

@@ -162,7 +162,7 @@ impl SweepReport {
     pub fn log_lines(&self, policy: &Policy) -> Vec<String> {
         let backlog = self.backlog();
         let mut lines = vec![format!(
-            "connmon sweep: {} new disconnected alert(s), {} delivered, {} queued for retry{}{}{} (grace {}s)",
+            "connmon sweep: {} new disconnected alert(s), {} delivered, {} queued for retry{}{}{}{} (grace {}s)",
             self.claimed.iter().filter(|a| a.kind == crate::machine::AlertKind::Disconnected).count(),
             self.delivery.delivered,
             self.queued_after,
@@ -170,6 +170,10 @@ impl SweepReport {
                 String::new()
             } else {
                 format!(", delivery failing: {}", self.delivery.problems.join("; "))
+            },
+            match self.delivery.dead_lettered {
+                0 => String::new(),
+                n => format!(", {n} unreadable outbox entr(ies) set aside as dead letters"),
             },
             match self
                 .claimed
@@ -585,6 +589,11 @@ impl Monitor {
             log::alert(&alerts::log_line(a));
         }
         Counters::add(&self.counters.alerts_raised, hub_alerts.len());
+        let resets = hub_alerts
+            .iter()
+            .filter(|a| a.kind == crate::machine::AlertKind::StoreReset)
+            .count();
+        self.metrics.add(&metrics::STORE_RESETS, &[], resets as u64);
         report.claimed.extend(hub_alerts);
         self.metrics.add_all(report.claimed.iter().map(|a| {
             (
@@ -603,6 +612,11 @@ impl Monitor {
                     *n as u64,
                 )
             }));
+        self.metrics.add(
+            &metrics::DEAD_LETTERS,
+            &[],
+            report.delivery.dead_lettered as u64,
+        );
         self.metrics.add_all(
             report
                 .delivery
@@ -623,10 +637,12 @@ impl Monitor {
         let counts = self.counts(now).await?;
         let overview = self.store.overview().await?;
         let queued = self.store.queue_len().await?;
+        let dead = self.store.dead_letters().await?;
         Ok(api::status_view(
             counts,
             &overview,
             queued,
+            dead,
             &self.policy,
             self.hub_quiet_after,
             now,
@@ -735,6 +751,7 @@ impl Monitor {
         let counts = self.counts(now).await?;
         let overview = self.store.overview().await?;
         let queued = self.store.queue_len().await?;
+        let dead = self.store.dead_letters().await?;
         let mut out = String::with_capacity(8192);
         self.metrics.render(&mut out);
         metrics::header(
@@ -765,6 +782,13 @@ impl Monitor {
             "gauge",
         );
         metrics::sample(&mut out, "connmon_outbox_queued", "", queued as f64);
+        metrics::header(
+            &mut out,
+            "connmon_outbox_dead_letters",
+            "Outbox entries set aside because they can never be delivered (kept in the store).",
+            "gauge",
+        );
+        metrics::sample(&mut out, "connmon_outbox_dead_letters", "", dead as f64);
         metrics::header(
             &mut out,
             "connmon_hub_last_event_timestamp_seconds",

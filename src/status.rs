@@ -110,6 +110,7 @@ impl ChangeKind {
             ChangeKind::Alert(AlertKind::FlappingResolved) => 'f',
             ChangeKind::Alert(AlertKind::HubQuiet) => 'Q',
             ChangeKind::Alert(AlertKind::HubResumed) => 'q',
+            ChangeKind::Alert(AlertKind::StoreReset) => 'S',
         }
     }
 
@@ -125,6 +126,7 @@ impl ChangeKind {
             'f' => ChangeKind::Alert(AlertKind::FlappingResolved),
             'Q' => ChangeKind::Alert(AlertKind::HubQuiet),
             'q' => ChangeKind::Alert(AlertKind::HubResumed),
+            'S' => ChangeKind::Alert(AlertKind::StoreReset),
             _ => return None,
         })
     }
@@ -299,6 +301,7 @@ pub fn check_hub(
         grace_period_seconds: quiet_after.as_secs() as i64,
         detected_at: now,
         flap: None,
+        detail: None,
     };
     match hub.quiet {
         None => {

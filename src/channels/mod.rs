@@ -30,7 +30,7 @@ use crate::alerts::AlertBody;
 use crate::answer;
 use crate::log;
 use crate::model::Timestamp;
-use crate::store::{BoxFuture, QueuedAlert, Store, StoreError};
+use crate::store::{BoxFuture, DeadLetter, QueuedAlert, Store, StoreError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -206,6 +206,8 @@ pub struct DeliveryReport {
     pub delivered_by: Vec<(String, String, usize)>,
     /// Channels whose delivery failed in this pass, once per failed batch.
     pub failed_channels: Vec<String>,
+    /// Outbox entries set aside as dead letters in this pass (unreadable: never sent).
+    pub dead_lettered: usize,
 }
 
 struct Slot {
@@ -276,6 +278,7 @@ impl Notifier {
                     report.problems.extend(r.problems);
                     report.delivered_by.extend(r.delivered_by);
                     report.failed_channels.extend(r.failed_channels);
+                    report.dead_lettered += r.dead_lettered;
                 }
                 Ok(Err(e)) => {
                     first_err.get_or_insert(e);
@@ -310,11 +313,13 @@ async fn drain(
         if batch.is_empty() {
             break;
         }
-        let ids: Vec<String> = batch.iter().map(|q| q.id.clone()).collect();
-        let bodies: Vec<AlertBody> = batch
-            .iter()
-            .filter_map(|q| serde_json::from_str(&q.body).ok())
-            .collect();
+        let (ids, bodies) = set_aside_unreadable(store, &batch, now, &mut report).await?;
+        if bodies.is_empty() {
+            if batch.len() < ch.batch_size() {
+                break;
+            }
+            continue;
+        }
         match ch.send(&bodies).await {
             Ok(()) => {
                 report.delivered += ids.len();
@@ -365,6 +370,45 @@ async fn drain(
         }
     }
     Ok(report)
+}
+
+/// The readable part of a batch (ids and bodies, in order); every entry whose body is not an
+/// alert is moved to the dead letters instead — never sent, never counted as delivered, never
+/// retried — so it cannot block or fake the delivery of the rest.
+async fn set_aside_unreadable(
+    store: &dyn Store,
+    batch: &[QueuedAlert],
+    now: Timestamp,
+    report: &mut DeliveryReport,
+) -> Result<(Vec<String>, Vec<AlertBody>), StoreError> {
+    let mut ids = Vec::with_capacity(batch.len());
+    let mut bodies = Vec::with_capacity(batch.len());
+    let mut dead = Vec::new();
+    for q in batch {
+        match read_body(&q.body) {
+            Ok(b) => {
+                ids.push(q.id.clone());
+                bodies.push(b);
+            }
+            Err(reason) => dead.push(DeadLetter {
+                id: q.id.clone(),
+                reason,
+            }),
+        }
+    }
+    if !dead.is_empty() {
+        report.dead_lettered += dead.len();
+        store.dead_letter(dead, now).await?;
+    }
+    Ok((ids, bodies))
+}
+
+/// A stored body as an alert, or why it is not one.
+fn read_body(body: &str) -> Result<AlertBody, String> {
+    if body.trim().is_empty() {
+        return Err("the entry has no body".into());
+    }
+    serde_json::from_str(body).map_err(|e| format!("the body is not an alert: {e}"))
 }
 
 fn note_problem(slot: &Slot, failure: &Failure, wait: Duration) {

@@ -47,6 +47,8 @@ pub const CLASS: &str = "device-connectivity";
 pub const FLAPPING_CLASS: &str = "device-flapping";
 /// `payload.class` of a `hub_quiet` trigger (the dead-man's switch).
 pub const HUB_CLASS: &str = "hub-silence";
+/// `payload.class` of a `store_reset` trigger.
+pub const STORE_RESET_CLASS: &str = "store-reset";
 /// The wait after a 429 without `Retry-After`: PagerDuty's limit is counted per minute.
 pub const THROTTLE_WAIT: Duration = Duration::from_secs(60);
 /// Accepted events remembered at most (a batch is at most `people::BATCH` alerts, so at most
@@ -161,6 +163,28 @@ fn flapping_summary(a: &AlertBody) -> String {
     people::clip(&summary, SUMMARY_CHARS)
 }
 
+/// The `trigger` of a `store_reset`: about connmon itself (no hub or device), a warning that
+/// stays open until someone has looked at what was forgotten.
+fn store_reset_trigger(routing_key: &str, a: &AlertBody) -> Event {
+    let summary = format!(
+        "connmon's store came back empty ({}): {}",
+        a.detail.as_deref().unwrap_or("state lost"),
+        crate::alerts::STORE_RESET_MEANING
+    );
+    trigger(
+        routing_key,
+        &a.dedup_key,
+        json!({
+            "summary": people::clip(&summary, SUMMARY_CHARS),
+            "source": "connmon",
+            "severity": "warning",
+            "timestamp": a.disconnected_at,
+            "class": STORE_RESET_CLASS,
+            "custom_details": a,
+        }),
+    )
+}
+
 /// A `trigger` about one identity, keyed by its alert's `dedupKey`.
 fn device_trigger(
     routing_key: &str,
@@ -208,6 +232,7 @@ pub fn events(alerts: &[AlertBody], group_threshold: usize, routing_key: &str) -
                     "critical",
                     HUB_CLASS,
                 )),
+                "store_reset" => out.push(store_reset_trigger(routing_key, a)),
                 "flapping" => out.push(device_trigger(
                     routing_key,
                     a,

@@ -99,6 +99,7 @@ pub enum Category {
     Stable,
     HubQuiet,
     HubResumed,
+    StoreReset,
     Other,
 }
 
@@ -120,6 +121,7 @@ impl Category {
                 "flapping_resolved" => Category::Stable,
                 "hub_quiet" => Category::HubQuiet,
                 "hub_resumed" => Category::HubResumed,
+                "store_reset" => Category::StoreReset,
                 _ => Category::Other,
             },
         }
@@ -135,6 +137,7 @@ impl Category {
             Category::Stable => format!("🟢 {count} stable again"),
             Category::HubQuiet => format!("⚫ {count} hub(s) sending no events"),
             Category::HubResumed => format!("🟢 {count} hub(s) sending events again"),
+            Category::StoreReset => "⚠️ connmon's store came back empty".to_string(),
             Category::Other => format!("{count} other alerts"),
         }
     }
@@ -159,7 +162,10 @@ pub fn headline(notices: &[Notice]) -> String {
             if i > 0
                 || matches!(
                     c,
-                    Category::Other | Category::HubQuiet | Category::HubResumed
+                    Category::Other
+                        | Category::HubQuiet
+                        | Category::HubResumed
+                        | Category::StoreReset
                 )
             {
                 return phrase;
@@ -209,6 +215,9 @@ pub fn title(n: &Notice, esc: &dyn Fn(&str) -> String) -> String {
                     "🟢 events from hub {hub} again after {}",
                     duration(a.downtime_seconds)
                 ),
+                "store_reset" => "⚠️ connmon's store came back empty: open outages are \
+                                  forgotten until their devices report again"
+                    .to_string(),
                 other => format!("{}: {id} ({hub})", esc(&clip(other, 32))),
             }
         }
@@ -261,6 +270,19 @@ fn id_fact(label: &'static str, value: String) -> Fact {
 pub fn facts(n: &Notice) -> Vec<Fact> {
     match n {
         Notice::Single(a) => {
+            if a.kind == "store_reset" {
+                return vec![
+                    fact("Detected", time(&a.disconnected_at)),
+                    fact(
+                        "What",
+                        clip(
+                            a.detail.as_deref().unwrap_or("the store came back empty"),
+                            300,
+                        ),
+                    ),
+                    fact("Means", crate::alerts::STORE_RESET_MEANING.to_string()),
+                ];
+            }
             if a.kind.starts_with("hub_") {
                 let mut f = vec![
                     id_fact("Hub", shown_hub(&a.hub)),

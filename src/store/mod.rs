@@ -83,6 +83,25 @@ pub struct QueuedAlert {
     pub attempts: u32,
 }
 
+/// An outbox entry that can never be delivered — its body is not an alert, or a Table entity lost
+/// its properties — and why: the store moves it aside (see [`Store::dead_letter`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The [`QueuedAlert::id`] it was handed out under.
+    pub id: String,
+    pub reason: String,
+}
+
+/// Logs one dead letter, once: the store calls it when the entry has been moved aside. `entry`
+/// names it the store's way (a row id, partition and row key); ids and reasons come from stored
+/// data, so they are quoted with escapes.
+pub(crate) fn log_dead_letter(entry: &str, channel: &str, reason: &str) {
+    crate::log::warn(format_args!(
+        "outbox entry {entry:?} for channel {channel} can never be delivered and was set aside \
+         as a dead letter: {reason:?}"
+    ));
+}
+
 /// One identity as the status API reads it: its state and its recent history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityRecord {
@@ -227,6 +246,19 @@ pub trait Store: Send + Sync {
         ids: Vec<String>,
         next_attempt_at: Timestamp,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Moves entries handed out by [`Store::queued`] aside, out of the outbox and into the dead
+    /// letters, with their reasons and `now`, logging each once. They are neither delivered nor
+    /// retried; the rest of the queue goes on. An entry already gone (another instance took it
+    /// over) is left alone.
+    fn dead_letter(
+        &self,
+        letters: Vec<DeadLetter>,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// How many dead letters the store holds (`GET /api/status`, `/metrics`).
+    fn dead_letters(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
 
     /// How many deliveries wait in the outbox, over all channels (for the sweep summary).
     fn queue_len(&self) -> BoxFuture<'_, Result<u64, StoreError>>;

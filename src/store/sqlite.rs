@@ -13,8 +13,8 @@
 
 use super::lock::ProcessLock;
 use super::{
-    decode_times, encode_times, Applied, BoxFuture, Counts, EventResult, IdentityRecord, Overview,
-    QueuedAlert, QuietCheck, Store, StoreConfig, StoreError,
+    decode_times, encode_times, Applied, BoxFuture, Counts, DeadLetter, EventResult,
+    IdentityRecord, Overview, QueuedAlert, QuietCheck, Store, StoreConfig, StoreError,
 };
 use crate::alerts::AlertBody;
 use crate::machine::{self, Alert, Claim, Flapping, IdentityState, Outage, Policy};
@@ -83,6 +83,20 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,             -- 'last_sweep_at'
     value INTEGER
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id          INTEGER PRIMARY KEY,    -- the outbox row's id
+    hub         TEXT,
+    device      TEXT,
+    module      TEXT,
+    kind        TEXT,
+    dedup_key   TEXT,
+    channel     TEXT,
+    body        TEXT,                   -- as it was: it could not be read as an alert
+    attempts    INTEGER,
+    created_at  INTEGER,
+    dead_at     INTEGER NOT NULL,       -- when it was set aside, unix ms
+    reason      TEXT    NOT NULL
+);
 CREATE INDEX IF NOT EXISTS outbox_channel ON outbox(channel, id);
 CREATE INDEX IF NOT EXISTS outbox_identity ON outbox(hub, device, module);
 ";
@@ -98,7 +112,8 @@ pub const CLAIM_DUE_SQL: &str =
 
 /// The layout `SCHEMA` creates, stored in SQLite's `user_version`. A file of layout 1 is upgraded
 /// in place (layout 2 added `identities.history` and the `hubs` and `meta` tables); a file written
-/// with any other layout is refused with a clear message instead of being misread.
+/// with any other layout is refused with a clear message instead of being misread. The
+/// `dead_letters` table is created when missing, in either: older versions never read it.
 pub const SCHEMA_VERSION: i64 = 2;
 
 /// Checks the file's layout; upgrades a layout-1 file's `identities` (returns `true` then, so the
@@ -154,6 +169,11 @@ enum Command {
     Failed {
         ids: Vec<String>,
         next_attempt_at: Timestamp,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    DeadLetter {
+        letters: Vec<DeadLetter>,
+        now: Timestamp,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     QueueLen {
@@ -365,6 +385,28 @@ impl Store for SqliteStore {
             ids,
             next_attempt_at,
             reply,
+        }))
+    }
+
+    fn dead_letter(
+        &self,
+        letters: Vec<DeadLetter>,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.call(move |reply| Command::DeadLetter {
+            letters,
+            now,
+            reply,
+        }))
+    }
+
+    fn dead_letters(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(self.read(|conn| {
+            conn.query_row("SELECT COUNT(*) FROM dead_letters", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
+            .map_err(db_err)
         }))
     }
 
@@ -743,7 +785,9 @@ fn reply_err(cmd: Command, e: StoreError) {
         Command::Apply { reply, .. } => Pending::Apply(reply, Vec::new()),
         Command::ClaimDue { reply, .. } => Pending::Claim(reply, Vec::new()),
         Command::Queued { reply, .. } => Pending::Queued(reply, Vec::new()),
-        Command::Delivered { reply, .. } | Command::Failed { reply, .. } => Pending::Unit(reply),
+        Command::Delivered { reply, .. }
+        | Command::Failed { reply, .. }
+        | Command::DeadLetter { reply, .. } => Pending::Unit(reply),
         Command::QueueLen { reply } => Pending::Len(reply, 0),
         Command::TouchHubs { reply, .. } => Pending::Unit(reply),
         Command::FinishSweep { reply, .. } => Pending::Claim(reply, Vec::new()),
@@ -802,6 +846,11 @@ fn exec(tx: &rusqlite::Transaction<'_>, cfg: &StoreConfig, cmd: Command) -> Exec
             });
             unit(reply, r)
         }
+        Command::DeadLetter {
+            letters,
+            now,
+            reply,
+        } => unit(reply, dead_letter(tx, &letters, now)),
         Command::QueueLen { reply } => {
             match tx.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get::<_, i64>(0)) {
                 Ok(n) => Ok(Pending::Len(reply, n as u64)),
@@ -886,6 +935,49 @@ fn finish_sweep(
         alerts.push(alert);
     }
     Ok(alerts)
+}
+
+/// Moves outbox rows to `dead_letters` (in the writer's transaction, so a row is in exactly one
+/// of the two) and logs each once it is moved.
+fn dead_letter(
+    tx: &rusqlite::Transaction<'_>,
+    letters: &[DeadLetter],
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let mut moved = Vec::new();
+    for l in letters {
+        let Ok(id) = l.id.parse::<i64>() else {
+            continue;
+        };
+        let channel: Option<String> = tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO dead_letters
+                   (id, hub, device, module, kind, dedup_key, channel, body, attempts, created_at,
+                    dead_at, reason)
+                 SELECT id, hub, device, module, kind, dedup_key, channel, body, attempts,
+                        created_at, ?2, ?3
+                 FROM outbox WHERE id = ?1
+                 RETURNING channel",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![id, now.unix_millis(), l.reason], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(db_err)?;
+        let Some(channel) = channel else {
+            continue;
+        };
+        tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")
+            .and_then(|mut s| s.execute([id]))
+            .map_err(db_err)?;
+        moved.push((id, channel, &l.reason));
+    }
+    // Logged before the commit: a failed commit answers an error and the next pass moves (and
+    // logs) the same rows again, which only repeats a line.
+    for (id, channel, reason) in moved {
+        super::log_dead_letter(&format!("outbox row {id}"), &channel, reason);
+    }
+    Ok(())
 }
 
 /// Outbox row ids from the opaque handles `queued` gave out; anything else names no row.

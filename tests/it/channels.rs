@@ -1132,6 +1132,57 @@ fn flapping_and_reminders_read_as_such_for_people() {
     assert_eq!(evs[1].dedup_key, flapping.dedup_key);
 }
 
+#[test]
+fn a_store_reset_reads_as_such_for_people() {
+    let reset: AlertBody = serde_json::from_value(serde_json::json!({
+        "kind": "store_reset",
+        "dedupKey": "cm1s-0000000000000000000001a24282cdc2",
+        "hub": "",
+        "deviceId": "",
+        "moduleId": null,
+        "disconnectedAt": "2026-11-27T10:00:00Z",
+        "reconnectedAt": null,
+        "downtimeSeconds": 4,
+        "gracePeriodSeconds": 300,
+        "detectedAt": "2026-11-27T10:00:04Z",
+        "detail": "Azure Table Storage table connmon was missing (deleted, or the storage emulator restarted empty) and was created again empty",
+    }))
+    .expect("an alert body");
+    let title = "⚠️ connmon's store came back empty: open outages are forgotten until their devices report again";
+    let card = card_in(teams::body(std::slice::from_ref(&reset), 20).as_bytes());
+    assert_eq!(card_titles(&card), [title]);
+    let facts = card_facts(&card, 0);
+    let labels: Vec<&str> = facts.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(labels, ["Detected", "What", "Means"], "{facts:?}");
+    assert_eq!(facts[0].1, "2026-11-27 10:00:00 UTC");
+    assert!(
+        facts[1].1.contains("table connmon was missing"),
+        "{facts:?}"
+    );
+    assert!(facts[2].1.contains("forgotten"), "{facts:?}");
+
+    let m = slack::message(std::slice::from_ref(&reset), 20);
+    assert_eq!(
+        m["blocks"][0]["text"]["text"],
+        "⚠️ connmon's store came back empty"
+    );
+    assert!(
+        m["text"].as_str().unwrap().contains("came back empty"),
+        "{m}"
+    );
+
+    let evs = pagerduty::events(std::slice::from_ref(&reset), 20, KEY);
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0].action, "trigger");
+    assert_eq!(evs[0].dedup_key, reset.dedup_key);
+    let p = &evs[0].body["payload"];
+    assert_eq!(p["source"], "connmon", "PagerDuty needs a source: {p}");
+    assert_eq!(p["severity"], "warning");
+    assert_eq!(p["class"], "store-reset");
+    assert!(p["summary"].as_str().unwrap().contains("forgotten"), "{p}");
+    assert_eq!(p["custom_details"]["detail"], reset.detail.clone().unwrap());
+}
+
 // ---------------------------------------------------------------------------------------------
 // The Functions queue output binding
 

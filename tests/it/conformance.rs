@@ -66,12 +66,17 @@ pub enum Backend {
 }
 
 impl Backend {
-    fn sqlite() -> Backend {
+    pub(crate) fn sqlite() -> Backend {
         Backend::Sqlite(tempfile::tempdir().unwrap())
     }
 
-    fn table() -> Backend {
+    pub(crate) fn table() -> Backend {
         Backend::Table(crate::table_client::unique_table_name("conf"))
+    }
+
+    /// The SQLite file `open` uses.
+    pub(crate) fn db_path(dir: &tempfile::TempDir) -> std::path::PathBuf {
+        dir.path().join("c.db")
     }
 
     async fn open(&self) -> Arc<dyn Store> {
@@ -79,13 +84,17 @@ impl Backend {
     }
 
     async fn open_with(&self, policy: Policy) -> Arc<dyn Store> {
-        let policy = StoreConfig {
+        self.open_config(StoreConfig {
             policy,
             channels: vec!["webhook".into(), "teams".into()],
-        };
+        })
+        .await
+    }
+
+    pub(crate) async fn open_config(&self, policy: StoreConfig) -> Arc<dyn Store> {
         match self {
             Backend::Sqlite(dir) => {
-                Arc::new(SqliteStore::open(&dir.path().join("c.db"), policy).unwrap())
+                Arc::new(SqliteStore::open(&Backend::db_path(dir), policy).unwrap())
             }
             Backend::Table(table) => {
                 let client =

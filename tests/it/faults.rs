@@ -518,7 +518,8 @@ fn table_storage_stopped_mid_run_answers_503_and_recovers_with_its_data() {
 }
 
 /// An emulator restarted in memory comes back without the table: connmon creates it again by
-/// itself (what the old table held is gone with the emulator's memory; Azure keeps it).
+/// itself (what the old table held is gone with the emulator's memory; Azure keeps it) and says
+/// so with one `store_reset` alert.
 #[test]
 #[ignore = "needs Azurite: run scripts/test"]
 fn a_table_that_vanished_is_created_again_without_a_restart() {
@@ -536,7 +537,11 @@ fn a_table_that_vanished_is_created_again_without_a_restart() {
     assert_eq!(resp.status, 200, "{}\n{}", resp.text(), cm.stderr());
     assert!(host_logs(&resp)[0].contains("[opened=1]"));
     let s = cm.sweep();
-    assert_eq!((s.new_alerts, s.delivered, s.queued), (1, 1, 0), "{s:?}");
-    assert_eq!(delivered(&rx), [disc("during-outage")]);
+    assert_eq!((s.new_alerts, s.delivered, s.queued), (1, 2, 0), "{s:?}");
+    assert_eq!(
+        delivered(&rx),
+        [disc("during-outage"), pair("store_reset", "")],
+        "the outage open before is forgotten"
+    );
     assert!(cm.stderr().contains("creating it again"), "{}", cm.stderr());
 }

@@ -19,6 +19,7 @@ fn alert(kind: &str, hub: &str, device: &str) -> AlertBody {
         disconnects: None,
         window_seconds: None,
         hint: None,
+        detail: None,
     }
 }
 

@@ -326,7 +326,7 @@ fn state_filters_and_the_dashboard_fold() {
     for r in &records {
         b.add(r, &p, now);
     }
-    let status = api::status_view(Counts::default(), &Default::default(), 0, &p, None, now);
+    let status = api::status_view(Counts::default(), &Default::default(), 0, 0, &p, None, now);
     let d = b.finish(status, now);
     assert_eq!(d.offline.len(), api::DASHBOARD_ROWS);
     assert_eq!(d.offline_more, 300 - api::DASHBOARD_ROWS as u64);

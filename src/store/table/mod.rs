@@ -13,6 +13,8 @@
 //! | `o\|{raised at, 15 digits}\|{dedupKey}\|{kind}` | a queued alert (the outbox) | until delivered |
 //! | `h\|{hub}` | a hub (`HubState`): its last event, an open `hub_quiet`; in partition `shard_of(hub, "")` | the hub was heard from |
 //! | `m\|lastSweep` | when the last sweep ended; in `s00` | after the first sweep |
+//! | `m\|store` | the store marker: `generation`, `announced` (a `store_reset` was raised for it); in `s00` | from the first start on |
+//! | `{partition}\|{outbox row key}` in partition `dead` | a dead letter: an outbox entity that can never be delivered, with `reason` and `deadAt` | kept |
 //!
 //! Ids are escaped (`%XX` for `%`, `'`, `|`, `/`, `\`, `#`, `?`, control and non-ASCII
 //! characters), so prefixes never collide, and a part too long for the service's key size is
@@ -28,6 +30,8 @@
 //! - Sweep cost follows what is due: one range query per partition over `d|…` up to `now`.
 //! - Exactly-once hub alerts: a `hub_quiet` / `hub_resumed` replaces the hub entity (ETag) and
 //!   inserts its outbox entities in one batch, like a claim.
+//! - Exactly-once `store_reset`: the store marker's new generation and the alert's outbox entities
+//!   are written in one batch, conditional on the marker.
 
 pub mod auth;
 pub mod client;
@@ -35,8 +39,8 @@ pub mod conn;
 mod keys;
 
 use super::{
-    decode_times, encode_times, Applied, BoxFuture, Counts, EventResult, IdentityRecord, Overview,
-    QueuedAlert, QuietCheck, Refused, Store, StoreConfig, StoreError,
+    decode_times, encode_times, Applied, BoxFuture, Counts, DeadLetter, EventResult,
+    IdentityRecord, Overview, QueuedAlert, QuietCheck, Refused, Store, StoreConfig, StoreError,
 };
 use crate::alerts::AlertBody;
 use crate::machine::{self, Alert, Claim, Flapping, IdentityState, Outage, Policy};
@@ -70,6 +74,8 @@ struct Inner {
     rows: Rows,
     /// The hub and meta entities this process last read or wrote (see [`Inner::advance`]).
     known: Memory<Entity>,
+    /// The generation of the store marker this process knows (see [`Inner::check_reset`]).
+    generation: std::sync::Mutex<Option<i64>>,
 }
 
 /// The identity entities this process wrote last, with the ETags the service gave them, so the
@@ -165,8 +171,10 @@ impl<T: Clone> Memory<T> {
 
 /// The table's client, creating the table again when a request finds it missing — deleted, or
 /// the storage emulator restarted empty — and then repeating that request once (a request on a
-/// missing table changed nothing). Without it every request would fail until a restart.
-struct Client(TableClient);
+/// missing table changed nothing). Without it every request would fail until a restart. The
+/// second field is when this process first found the table missing since the last
+/// [`Inner::check_reset`], which announces the reset.
+struct Client(TableClient, std::sync::Mutex<Option<Timestamp>>);
 
 impl Client {
     async fn again<T, Fut>(&self, op: impl Fn() -> Fut) -> Result<T, TableError>
@@ -177,9 +185,13 @@ impl Client {
             Err(e) if is_table_missing(&e) => {
                 crate::log::warn(format_args!(
                     "table {} is missing (deleted, or the storage emulator restarted empty): \
-                     creating it again; what it held is gone",
+                     creating it again; what it held is gone (a store_reset alert says so)",
                     self.0.table_name()
                 ));
+                self.1
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert_with(Timestamp::now);
                 self.0.create_table_if_missing().await?;
                 op().await
             }
@@ -216,6 +228,10 @@ impl Client {
 
     async fn replace(&self, e: &Entity, etag: &str) -> Result<String, TableError> {
         self.again(|| self.0.replace(e, etag)).await
+    }
+
+    async fn upsert(&self, e: &Entity) -> Result<String, TableError> {
+        self.again(|| self.0.upsert(e)).await
     }
 
     async fn delete(&self, pk: &str, rk: &str, etag: &str) -> Result<(), TableError> {
@@ -285,14 +301,22 @@ impl TableStore {
     /// Creates the table if it is missing and returns the store.
     pub async fn open(client: TableClient, cfg: StoreConfig) -> Result<TableStore, StoreError> {
         client.create_table_if_missing().await.map_err(table_err)?;
-        Ok(TableStore {
-            inner: Arc::new(Inner {
-                client: Client(client),
-                cfg,
-                rows: Rows::default(),
-                known: Memory::default(),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            client: Client(client, Default::default()),
+            cfg,
+            rows: Rows::default(),
+            known: Memory::default(),
+            generation: Default::default(),
+        });
+        // Learns the store's generation (or starts the first one) in the background: a fresh
+        // process cannot tell a first start from a reset, so this never raises an alert, and
+        // start-up must not wait on it (or fail while the service throttles). If it fails, the
+        // first sweep learns the generation instead.
+        let me = inner.clone();
+        tokio::spawn(async move {
+            let _ = me.check_reset(Timestamp::now()).await;
+        });
+        Ok(TableStore { inner })
     }
 }
 
@@ -339,6 +363,11 @@ fn hub_key(hub: &str) -> String {
 /// The meta entity recording the last sweep (property `at`, unix ms): one per table.
 const SWEEP_SHARD: &str = "s00";
 const SWEEP_KEY: &str = "m|lastSweep";
+/// The store marker, in [`SWEEP_SHARD`]: `generation` (when the table's current state began,
+/// unix ms) and `announced` (whether a `store_reset` was raised for it). It is written once per
+/// generation, so a table that comes back empty has none, or one a process that could not tell
+/// wrote (see [`Inner::check_reset`]).
+const STORE_KEY: &str = "m|store";
 
 /// The row keys starting with `prefix`, as a `[from, to)` range: `to` is `prefix` with its last
 /// character (always `|`) replaced by the next one, `}`.
@@ -546,6 +575,29 @@ fn outbox_entity(
     e.set_i64("nextAttemptAt", alert.detected_at.unix_millis());
     e.set_i64("leaseUntil", 0);
     Ok(e)
+}
+
+/// The channel an outbox entity is queued for, escaped as in keys: its `channel` property, or the
+/// last part of its row key when the properties are gone.
+fn outbox_channel(e: &Entity) -> Option<String> {
+    match e.get_str("channel") {
+        Some(c) => Some(key_part(c)),
+        None => e.row_key.rsplit('|').next().map(str::to_string),
+    }
+}
+
+/// Dead letters all live in this one partition (outside the shards, which nothing else reads),
+/// keyed by the outbox entity's partition and row key: counting them is one query, and setting
+/// the same entity aside twice writes the same row.
+const DEAD_SHARD: &str = "dead";
+
+/// The dead-letter entity of the outbox entity `e`: every property it had, plus why and when.
+fn dead_entity(e: &Entity, reason: &str, now: Timestamp) -> Entity {
+    let mut d = Entity::new(DEAD_SHARD, &format!("{}|{}", e.partition_key, e.row_key));
+    d.props = e.props.clone();
+    d.set_str("reason", reason);
+    d.set_i64("deadAt", now.unix_millis());
+    d
 }
 
 /// The opaque handle `queued` gives out: partition, row key and the lease's ETag.
@@ -933,16 +985,17 @@ impl Inner {
         Ok(None)
     }
 
+    /// The outbox entities of `channel` in partition `pk`. Filtered here rather than by the
+    /// service on the `channel` property, so an entity that lost its properties is still found
+    /// (its row key names the channel) and set aside as a dead letter instead of waiting forever.
     async fn outbox(&self, pk: String, channel: String) -> Result<Vec<Entity>, StoreError> {
-        let filter = format!(
-            "{} and channel eq {}",
-            range_filter(&pk, "o|", "o}"),
-            odata_string(&channel)
-        );
-        self.client
-            .query(&filter, None, None)
+        let mut all = self
+            .client
+            .query(&range_filter(&pk, "o|", "o}"), None, None)
             .await
-            .map_err(table_err)
+            .map_err(table_err)?;
+        all.retain(|e| outbox_channel(e) == Some(key_part(&channel)));
+        Ok(all)
     }
 
     /// Leases up to `limit` due alerts of `channel`, oldest first across partitions.
@@ -983,7 +1036,7 @@ impl Inner {
                     e.etag = Some(new_etag);
                     out.push(QueuedAlert {
                         id: handle(&e),
-                        body: e.get_str("body").unwrap_or("{}").to_string(),
+                        body: e.get_str("body").unwrap_or_default().to_string(),
                         attempts: e.get_i64("attempts").unwrap_or(0) as u32,
                     });
                 }
@@ -1171,6 +1224,104 @@ impl Inner {
     }
 }
 
+/// The store marker and the `store_reset` alert (see [`STORE_KEY`]).
+impl Inner {
+    /// Checks that the table is still the one this process knew, and when it is not raises one
+    /// `store_reset` for every instance: the marker's new generation and the alert's outbox
+    /// entities are written in one batch, conditional on the marker (inserted only if absent,
+    /// replaced only at its ETag), so of several instances finding the same reset one wins and
+    /// the others read the marker again and find it announced. A process that does not know a
+    /// generation yet (just started) only learns it: it cannot tell a first start from a reset.
+    async fn check_reset(&self, now: Timestamp) -> Result<Option<Alert>, StoreError> {
+        let missing_since = self
+            .client
+            .1
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let known = *self.generation.lock().unwrap_or_else(|p| p.into_inner());
+            let marker = self
+                .client
+                .get(SWEEP_SHARD, STORE_KEY)
+                .await
+                .map_err(table_err)?;
+            let (generation, since, detail, etag) = match &marker {
+                Some(m) => {
+                    let generation = m.get_i64("generation").unwrap_or(0);
+                    let announced = m.get_bool("announced").unwrap_or(false);
+                    if known.is_none() || known == Some(generation) || announced {
+                        self.learn(generation);
+                        return Ok(None);
+                    }
+                    let detail = format!(
+                        "Azure Table Storage table {} was started again empty by another \
+                         instance",
+                        self.client.0.table_name()
+                    );
+                    let since = Timestamp::from_unix_millis(generation);
+                    (generation, since, detail, m.etag.clone())
+                }
+                None => {
+                    let generation = now.unix_millis();
+                    let detail = match missing_since {
+                        Some(_) => format!(
+                            "Azure Table Storage table {} was missing (deleted, or the storage \
+                             emulator restarted empty) and was created again empty",
+                            self.client.0.table_name()
+                        ),
+                        None => format!(
+                            "Azure Table Storage table {} came back empty (deleted and created \
+                             again, the storage emulator restarted, or emptied): its marker \
+                             entity is gone",
+                            self.client.0.table_name()
+                        ),
+                    };
+                    (generation, missing_since.unwrap_or(now), detail, None)
+                }
+            };
+            let mut m = Entity::new(SWEEP_SHARD, STORE_KEY);
+            m.set_i64("generation", generation);
+            let silent = known.is_none();
+            m.set_bool("announced", !silent);
+            let mut ops = vec![match etag {
+                Some(etag) => BatchOp::Replace { entity: m, etag },
+                None => BatchOp::Insert(m),
+            }];
+            let alert = (!silent).then(|| Alert {
+                kind: machine::AlertKind::StoreReset,
+                dedup_key: format!("cm1s-{generation:032x}"),
+                identity: Identity::new("", "", None),
+                disconnected_at: since,
+                reconnected_at: None,
+                downtime_seconds: now.seconds_since(since).max(0),
+                grace_period_seconds: self.cfg.policy.grace_seconds(),
+                detected_at: now,
+                flap: None,
+                detail: Some(Box::new(machine::Detail(detail))),
+            });
+            if let Some(a) = &alert {
+                ops.extend(outbox_ops(SWEEP_SHARD, &self.cfg.channels, a, now)?);
+            }
+            match self.client.batch(SWEEP_SHARD, ops).await {
+                Ok(_) => {
+                    self.learn(generation);
+                    return Ok(alert);
+                }
+                Err(err) if is_contention(&err) => continue,
+                Err(err) => return Err(table_err(err)),
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "the store marker kept changing during {MAX_CONFLICT_RETRIES} attempts"
+        )))
+    }
+
+    fn learn(&self, generation: i64) {
+        *self.generation.lock().unwrap_or_else(|p| p.into_inner()) = Some(generation);
+    }
+}
+
 /// Runs `f` for every partition concurrently and concatenates the results.
 async fn per_shard<T, F, Fut>(me: &Arc<Inner>, f: F) -> Result<Vec<T>, StoreError>
 where
@@ -1276,6 +1427,59 @@ impl Store for TableStore {
                 }
             }
             Ok(())
+        })
+    }
+
+    fn dead_letter(
+        &self,
+        letters: Vec<DeadLetter>,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let client = &self.inner.client;
+            for l in &letters {
+                let Some((pk, rk, etag)) = parse_handle(&l.id) else {
+                    continue;
+                };
+                let Some(e) = client.get(pk, rk).await.map_err(table_err)? else {
+                    continue;
+                };
+                if e.etag.as_deref() != Some(etag) {
+                    continue; // no longer ours
+                }
+                // Two steps (the dead letters are in another partition): written first, so a
+                // crash in between leaves the entry in the outbox to be set aside again, onto
+                // the same dead-letter row.
+                client
+                    .upsert(&dead_entity(&e, &l.reason, now))
+                    .await
+                    .map_err(table_err)?;
+                match client.delete(pk, rk, etag).await {
+                    Ok(()) => {
+                        let channel = outbox_channel(&e).unwrap_or_default();
+                        super::log_dead_letter(&format!("{pk}/{rk}"), &channel, &l.reason);
+                    }
+                    Err(err) if is_contention(&err) || is_not_found(&err) => {}
+                    Err(err) => return Err(table_err(err)),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn dead_letters(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let rows = self
+                .inner
+                .client
+                .query(
+                    &format!("PartitionKey eq {}", odata_string(DEAD_SHARD)),
+                    Some(&["RowKey"]),
+                    None,
+                )
+                .await
+                .map_err(table_err)?;
+            Ok(rows.len() as u64)
         })
     }
 
@@ -1394,10 +1598,10 @@ impl Store for TableStore {
             self.inner
                 .advance(SWEEP_SHARD, SWEEP_KEY, "at", now, |_| {})
                 .await?;
+            let mut alerts: Vec<Alert> = self.inner.check_reset(now).await?.into_iter().collect();
             let Some(q) = quiet else {
-                return Ok(Vec::new());
+                return Ok(alerts);
             };
-            let mut alerts = Vec::new();
             for e in self.inner.hub_entities().await? {
                 alerts.extend(self.inner.check_hub(e, now, q).await?);
             }
