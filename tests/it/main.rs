@@ -20,6 +20,7 @@ mod alert_webhook;
 mod channels;
 mod crash;
 mod dashboard;
+mod delivery;
 mod faults;
 mod host;
 mod multi_instance;
