@@ -273,9 +273,10 @@ struct Slot {
 }
 
 /// Delivers the outbox to every channel. Each channel has a worker of its own, a task that drains
-/// the channel's queue whenever it is kicked — by a sweep, by an event that queued an alert, or by
-/// itself when a back-off or another instance's lease ends — so a channel whose receiver hangs
-/// never delays another channel's deliveries, nor the next sweep's claims. The queue output
+/// the channel's queue whenever it is kicked — by a sweep, or by itself when a back-off or another
+/// instance's lease ends — so a channel whose receiver hangs never delays another channel's
+/// deliveries, nor the next sweep's claims. Events do not kick it: a `reconnected` goes out with the
+/// next sweep's batch, so a storm of reconnects is still one message for people. The queue output
 /// binding is the exception: its alerts must travel in the timer invocation's own `Outputs`, so a
 /// sweep drains it itself.
 pub struct Notifier {
@@ -385,7 +386,7 @@ impl Notifier {
     }
 
     /// Asks every channel's worker (the queue output's excepted) for a pass, starting the workers
-    /// on first use; returns what to wait on. Cheap: an event that queued an alert calls it too.
+    /// on first use; returns what to wait on.
     pub fn kick(&self, store: &Arc<dyn Store>) -> Tickets {
         self.started.get_or_init(|| {
             for slot in self.slots.iter().filter(|s| !Notifier::is_queue(s)) {
@@ -424,7 +425,8 @@ impl Notifier {
         }
         let deadline = tokio::time::Instant::now() + wait;
         for (slot, ticket) in self.slots.iter().zip(tickets.0) {
-            if Notifier::is_queue(slot) {
+            // Not waiting at all (the standalone ticker) is not a channel still busy.
+            if Notifier::is_queue(slot) || wait.is_zero() {
                 continue;
             }
             let mut finished = slot.finished.subscribe();
@@ -569,6 +571,13 @@ async fn drain(
             break store.held_back_until(ch.name());
         }
         let mut ids: Vec<String> = batch.iter().map(|q| q.id.clone()).collect();
+        // Quick retries are for a batch's first attempt: once it failed, a receiver that stays
+        // down costs one request per durable back-off, not a series each time.
+        let quick = if batch.iter().all(|q| q.attempts == 0) {
+            quick
+        } else {
+            Duration::ZERO
+        };
         let bodies: Vec<AlertBody> = batch
             .iter()
             .filter_map(|q| serde_json::from_str(&q.body).ok())
