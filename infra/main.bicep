@@ -138,6 +138,9 @@ param CONNMON_PAGERDUTY_EVENTS_URL string = ''
 @description('Identities of one hub alerting in one batch from which Teams, Slack and PagerDuty get one outage summary instead of one message each (2 or more). The generic webhook gets every alert plus the summary.')
 param CONNMON_GROUP_THRESHOLD string = '20'
 
+@description('How long one delivery attempt retries a transient failure quickly (1 s, 2 s, 4 s, then every 8 s) before the durable back-off; 0s to 40s.')
+param CONNMON_QUICK_RETRY_FOR string = '30s'
+
 @description('Only these identities are watched: comma-separated globs over device or device/module ids (e.g. pump-*,*/$edgeHub). Empty: all.')
 param CONNMON_INCLUDE string = ''
 
@@ -254,6 +257,7 @@ module functionApp 'modules/functionapp.bicep' = {
     CONNMON_PAGERDUTY_ROUTING_KEY: CONNMON_PAGERDUTY_ROUTING_KEY
     CONNMON_PAGERDUTY_EVENTS_URL: CONNMON_PAGERDUTY_EVENTS_URL
     CONNMON_GROUP_THRESHOLD: CONNMON_GROUP_THRESHOLD
+    CONNMON_QUICK_RETRY_FOR: CONNMON_QUICK_RETRY_FOR
     CONNMON_INCLUDE: CONNMON_INCLUDE
     CONNMON_EXCLUDE: CONNMON_EXCLUDE
     CONNMON_GRACE_OVERRIDES: CONNMON_GRACE_OVERRIDES

@@ -106,7 +106,7 @@ pub fn channels(settings: &Settings) -> Notifier {
     if list.is_empty() {
         list.push(Box::new(channels::LogOnly));
     }
-    Notifier::new(list, queue)
+    Notifier::new(list, queue).with_quick_retries(settings.quick_retry_for)
 }
 
 /// Opens the store the settings name (creating the SQLite file or the table if missing), queuing
@@ -163,7 +163,9 @@ pub async fn run(
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     every.tick().await;
-                    if let Ok(r) = m.sweep().await {
+                    // The ticker waits for no delivery: each channel's worker delivers on its
+                    // own, and this summary counts what they finished since the last one.
+                    if let Ok(r) = m.sweep_waiting(std::time::Duration::ZERO).await {
                         if !r.claimed.is_empty() || r.delivery.delivered > 0 {
                             log::info(&r.log_lines(m.policy())[0]);
                         }

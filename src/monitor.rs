@@ -170,6 +170,10 @@ impl SweepReport {
                 String::new()
             } else {
                 format!(", delivery failing: {}", self.delivery.problems.join("; "))
+            } + &if self.delivery.still_delivering.is_empty() {
+                String::new()
+            } else {
+                format!(", still delivering: {}", self.delivery.still_delivering.join(", "))
             },
             match self.delivery.dead_lettered {
                 0 => String::new(),
@@ -546,13 +550,30 @@ impl Monitor {
         }
     }
 
-    /// One sweep: claims every outage due now, then delivers the outbox. `now` is read after the
-    /// previous sweep has finished, so a slow sweep never stamps the next one's alerts early.
+    /// A timer invocation's sweep: claims every outage due now, kicks every channel's delivery
+    /// and waits for those passes, at most [`Notifier::delivery_wait`] (see
+    /// [`Monitor::sweep_waiting`]).
     pub async fn sweep(&self) -> Result<SweepReport, StoreError> {
-        let _guard = self.sweep_lock.lock().await;
+        self.sweep_waiting(self.notifier.delivery_wait()).await
+    }
+
+    /// One sweep: claims every outage due now (sweeps never claim at the same time: `now` is read
+    /// once the previous sweep's claims are done, so a slow sweep never stamps the next one's
+    /// alerts early), then kicks every channel's worker and waits up to `wait` for the passes that
+    /// began after that kick. Only the claims hold the sweep lock: a channel still sending holds
+    /// back neither another channel nor the next sweep. The report counts every delivery the
+    /// workers finished since the previous sweep's report, and names the channels still busy.
+    pub async fn sweep_waiting(&self, wait: Duration) -> Result<SweepReport, StoreError> {
         let started = std::time::Instant::now();
-        let now = Timestamp::now();
-        let result = self.sweep_locked(now).await;
+        let (now, claimed) = {
+            let _guard = self.sweep_lock.lock().await;
+            let now = Timestamp::now();
+            (now, self.claim_all(now).await)
+        };
+        let result = match claimed {
+            Ok(claimed) => self.deliver(claimed, now, wait).await,
+            Err(e) => Err(e),
+        };
         self.counts_cache.lock().await.take();
         self.metrics.sweep_took(started.elapsed());
         if let Err(e) = &result {
@@ -564,8 +585,9 @@ impl Monitor {
         result
     }
 
-    async fn sweep_locked(&self, now: Timestamp) -> Result<SweepReport, StoreError> {
-        let mut report = SweepReport::default();
+    /// The claims of one sweep, the dead-man's switch's included.
+    async fn claim_all(&self, now: Timestamp) -> Result<Vec<Alert>, StoreError> {
+        let mut claimed_all = Vec::new();
         loop {
             let claimed = self.store.claim_due(now, CLAIM_CHUNK).await?;
             let n = claimed.len();
@@ -573,7 +595,7 @@ impl Monitor {
                 log::alert(&alerts::log_line(a));
             }
             Counters::add(&self.counters.alerts_raised, n);
-            report.claimed.extend(claimed);
+            claimed_all.extend(claimed);
             if n < CLAIM_CHUNK {
                 break;
             }
@@ -594,16 +616,43 @@ impl Monitor {
             .filter(|a| a.kind == crate::machine::AlertKind::StoreReset)
             .count();
         self.metrics.add(&metrics::STORE_RESETS, &[], resets as u64);
-        report.claimed.extend(hub_alerts);
-        self.metrics.add_all(report.claimed.iter().map(|a| {
+        claimed_all.extend(hub_alerts);
+        self.metrics.add_all(claimed_all.iter().map(|a| {
             (
                 &metrics::ALERTS_RAISED,
                 vec![a.kind.as_str().to_string()],
                 1,
             )
         }));
-        report.delivery = self.notifier.deliver(self.store.clone(), now).await?;
+        Ok(claimed_all)
+    }
+
+    /// Kicks every channel and collects what they delivered (see [`Monitor::sweep_waiting`]).
+    async fn deliver(
+        &self,
+        claimed: Vec<Alert>,
+        now: Timestamp,
+        wait: Duration,
+    ) -> Result<SweepReport, StoreError> {
+        let mut report = SweepReport {
+            claimed,
+            ..SweepReport::default()
+        };
+        let tickets = self.notifier.kick(&self.store);
+        report.delivery = self
+            .notifier
+            .collect(&self.store, now, tickets, wait)
+            .await?;
         Counters::add(&self.counters.alerts_delivered, report.delivery.delivered);
+        Counters::add(
+            &self.counters.store_failures,
+            report.delivery.store_failures,
+        );
+        self.metrics.add(
+            &metrics::STORE_FAILURES,
+            &[],
+            report.delivery.store_failures as u64,
+        );
         self.metrics
             .add_all(report.delivery.delivered_by.iter().map(|(c, k, n)| {
                 (

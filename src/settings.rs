@@ -77,6 +77,9 @@ pub struct Settings {
     /// Identities of one hub alerting in one sweep from which people channels get one `outage`
     /// summary instead of one message each.
     pub group_threshold: usize,
+    /// `CONNMON_QUICK_RETRY_FOR`: how long one delivery attempt retries a transient failure
+    /// quickly (1 s, 2 s, 4 s, then every 8 s) before the durable back-off.
+    pub quick_retry_for: Duration,
     /// `CONNMON_INCLUDE` / `CONNMON_EXCLUDE`.
     pub scope: Scope,
     /// `CONNMON_GRACE_OVERRIDES`, in the order given (the first match wins).
@@ -153,6 +156,10 @@ pub const MAX_GRACE: Duration = Duration::from_secs(30 * 86_400);
 pub fn is_grace(d: Duration) -> bool {
     (MIN_GRACE..=MAX_GRACE).contains(&d)
 }
+
+/// The most `CONNMON_QUICK_RETRY_FOR` may be: with one more request timing out and the store, a
+/// timer invocation still ends before the next one is due a minute later.
+const MAX_QUICK_RETRY_FOR: Duration = Duration::from_secs(40);
 
 const DURATION_FORMS: &str =
     "expected a duration such as 90s, 5m, 1h30m, 2d, plain seconds (300) or a .NET TimeSpan (00:05:00)";
@@ -241,6 +248,18 @@ impl Settings {
                         "CONNMON_GROUP_THRESHOLD",
                         &v,
                         "expected a whole number of identities, 2 or more",
+                    )
+                })?,
+        };
+        let quick_retry_for = match get("CONNMON_QUICK_RETRY_FOR") {
+            None => crate::channels::QUICK_RETRY_FOR,
+            Some(v) => parse_duration(&v)
+                .filter(|d| *d <= MAX_QUICK_RETRY_FOR)
+                .ok_or_else(|| {
+                    bad(
+                        "CONNMON_QUICK_RETRY_FOR",
+                        &v,
+                        &format!("{DURATION_FORMS}, between 0s (off) and 40s"),
                     )
                 })?,
         };
@@ -432,6 +451,7 @@ impl Settings {
             slack_url,
             pagerduty,
             group_threshold,
+            quick_retry_for,
             scope,
             grace_overrides,
             silences,

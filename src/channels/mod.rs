@@ -30,7 +30,9 @@ use crate::alerts::AlertBody;
 use crate::answer;
 use crate::log;
 use crate::model::Timestamp;
-use crate::store::{BoxFuture, DeadLetter, QueuedAlert, Store, StoreError};
+use crate::store::{BoxFuture, DeadLetter, QueuedAlert, Store, StoreError, LEASE_RENEW_EVERY};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -192,35 +194,112 @@ pub async fn post_json(
     Err(Failure::from_status(status, after, detail.trim()))
 }
 
-/// What one delivery pass did, over all channels.
+/// How long one delivery attempt keeps retrying a transient failure quickly (the default of
+/// `CONNMON_QUICK_RETRY_FOR`): a receiver that restarts or is redeployed is back within it, and
+/// its alerts arrive seconds later instead of after the durable back-off.
+pub const QUICK_RETRY_FOR: Duration = Duration::from_secs(30);
+/// The longest wait between two quick retries (they wait 1 s, 2 s, 4 s, then this): a receiver
+/// back within the quick-retry time has its alerts within this long, plus one request.
+const QUICK_RETRY_MAX_WAIT: Duration = Duration::from_secs(8);
+
+/// The wait before quick retry number `retry` (1 for the first) of a batch whose last attempt
+/// failed with `failure`, `elapsed` after its first attempt began; `None` when it would end past
+/// `budget` or the failure is not worth retrying soon (a refusal): the durable back-off takes
+/// over. A `Retry-After` is honoured as it is (a second at least).
+fn quick_wait(
+    failure: &Failure,
+    retry: u32,
+    elapsed: Duration,
+    budget: Duration,
+) -> Option<Duration> {
+    let wait = match failure {
+        Failure::Rejected(_) => return None,
+        Failure::Throttled(_, Some(after)) => (*after).max(Duration::from_secs(1)),
+        Failure::Throttled(_, None) | Failure::Transient(_) => {
+            let shift = retry.saturating_sub(1).min(3);
+            Duration::from_secs(1 << shift).min(QUICK_RETRY_MAX_WAIT)
+        }
+    };
+    (elapsed + wait <= budget).then_some(wait)
+}
+
+/// What delivery did, over all channels: one pass, or every pass since a sweep last reported.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeliveryReport {
     pub delivered: usize,
-    /// Deliveries that failed in this pass and wait for a retry.
+    /// Deliveries that failed and wait for a retry.
     pub deferred: usize,
     /// `channel: reason` of each failing channel, safe to log (no URL or key).
     pub problems: Vec<String>,
     /// Alert objects for the timer invocation's queue output binding, when one is declared.
     pub outputs: Vec<serde_json::Value>,
-    /// `(channel, kind, alerts)` accepted in this pass (for the metrics).
+    /// `(channel, kind, alerts)` accepted (for the metrics).
     pub delivered_by: Vec<(String, String, usize)>,
-    /// Channels whose delivery failed in this pass, once per failed batch.
+    /// Channels whose delivery failed, once per failed batch.
     pub failed_channels: Vec<String>,
+    /// Channels whose pass a sweep stopped waiting for: they go on delivering in the background
+    /// and the next sweep reports what they did.
+    pub still_delivering: Vec<String>,
+    /// Store failures of background passes (already logged; those channels try again later).
+    pub store_failures: usize,
     /// Outbox entries set aside as dead letters in this pass (unreadable: never sent).
     pub dead_lettered: usize,
+}
+
+impl DeliveryReport {
+    /// Adds `o`'s figures to these (its outputs are not carried: they belong to one invocation).
+    fn absorb(&mut self, o: DeliveryReport) {
+        self.delivered += o.delivered;
+        self.deferred += o.deferred;
+        self.problems.extend(o.problems);
+        for (c, k, n) in o.delivered_by {
+            match self
+                .delivered_by
+                .iter_mut()
+                .find(|(c2, k2, _)| *c2 == c && *k2 == k)
+            {
+                Some((_, _, m)) => *m += n,
+                None => self.delivered_by.push((c, k, n)),
+            }
+        }
+        self.failed_channels.extend(o.failed_channels);
+        self.still_delivering.extend(o.still_delivering);
+        self.store_failures += o.store_failures;
+        self.dead_lettered += o.dead_lettered;
+    }
 }
 
 struct Slot {
     channel: Box<dyn Channel>,
     /// The last problem logged for this channel: a down receiver costs one line, not one a sweep.
     last_problem: Mutex<Option<String>>,
+    /// Passes asked of this channel's worker so far (see [`Notifier::kick`]).
+    kicks: AtomicU64,
+    kicked: tokio::sync::Notify,
+    /// The number of kicks that had been asked when the last finished pass began.
+    finished: tokio::sync::watch::Sender<u64>,
+    /// What the worker's passes did since a sweep last collected it.
+    unreported: Mutex<DeliveryReport>,
 }
 
-/// Delivers the outbox to every channel.
+/// Delivers the outbox to every channel. Each channel has a worker of its own, a task that drains
+/// the channel's queue whenever it is kicked — by a sweep, or by itself when a back-off or another
+/// instance's lease ends — so a channel whose receiver hangs never delays another channel's
+/// deliveries, nor the next sweep's claims. Events do not kick it: a `reconnected` goes out with the
+/// next sweep's batch, so a storm of reconnects is still one message for people. The queue output
+/// binding is the exception: its alerts must travel in the timer invocation's own `Outputs`, so a
+/// sweep drains it itself.
 pub struct Notifier {
     slots: Vec<Arc<Slot>>,
     queue: Option<Arc<queue::QueueOutput>>,
+    /// How long one delivery attempt retries quickly (`CONNMON_QUICK_RETRY_FOR`).
+    quick: Duration,
+    /// Set once the workers run (they start with the first kick, inside the runtime).
+    started: std::sync::OnceLock<()>,
 }
+
+/// What a sweep waits for: the pass of each worker that began after the sweep's kick.
+pub struct Tickets(Vec<u64>);
 
 impl Notifier {
     /// `channels` must match the names the store queues alerts under. The queue output, if any, is
@@ -236,11 +315,30 @@ impl Notifier {
                     Arc::new(Slot {
                         channel,
                         last_problem: Mutex::new(None),
+                        kicks: AtomicU64::new(0),
+                        kicked: tokio::sync::Notify::new(),
+                        finished: tokio::sync::watch::Sender::new(0),
+                        unreported: Mutex::new(DeliveryReport::default()),
                     })
                 })
                 .collect(),
             queue,
+            quick: QUICK_RETRY_FOR,
+            started: std::sync::OnceLock::new(),
         }
+    }
+
+    /// How long one delivery attempt retries quickly before the durable back-off (zero: never).
+    pub fn with_quick_retries(mut self, budget: Duration) -> Notifier {
+        self.quick = budget;
+        self
+    }
+
+    /// The longest a timer invocation waits for the channels: every quick retry of a pass, one
+    /// more request that runs into its timeout, and a margin for the store. Under a minute with
+    /// the largest `CONNMON_QUICK_RETRY_FOR`, so one invocation ends before the next is due.
+    pub fn delivery_wait(&self) -> Duration {
+        self.quick + HTTP_TIMEOUT + Duration::from_secs(10)
     }
 
     /// The queue output binding's name, when the timer function declares one.
@@ -256,8 +354,13 @@ impl Notifier {
             .collect()
     }
 
-    /// Drains every channel's due alerts, channels concurrently. Store errors end that channel's
-    /// pass (its alerts wait for the next) and are returned after the others finished.
+    fn is_queue(slot: &Slot) -> bool {
+        slot.channel.name() == "queue"
+    }
+
+    /// One pass over every channel, channels concurrently, joined: what a test with a moved clock
+    /// drives. Store errors end that channel's pass (its alerts wait for the next) and are returned
+    /// after the others finished.
     pub async fn deliver(
         &self,
         store: Arc<dyn Store>,
@@ -265,21 +368,14 @@ impl Notifier {
     ) -> Result<DeliveryReport, StoreError> {
         let mut tasks = tokio::task::JoinSet::new();
         for slot in &self.slots {
-            let (slot, store) = (slot.clone(), store.clone());
-            tasks.spawn(async move { drain(&slot, store.as_ref(), now).await });
+            let (slot, store, quick) = (slot.clone(), store.clone(), self.quick);
+            tasks.spawn(async move { drain(&slot, store.as_ref(), now, quick).await });
         }
         let mut report = DeliveryReport::default();
         let mut first_err = None;
         while let Some(joined) = tasks.join_next().await {
             match joined {
-                Ok(Ok(r)) => {
-                    report.delivered += r.delivered;
-                    report.deferred += r.deferred;
-                    report.problems.extend(r.problems);
-                    report.delivered_by.extend(r.delivered_by);
-                    report.failed_channels.extend(r.failed_channels);
-                    report.dead_lettered += r.dead_lettered;
-                }
+                Ok(Ok(pass)) => report.absorb(pass.report),
                 Ok(Err(e)) => {
                     first_err.get_or_insert(e);
                 }
@@ -298,29 +394,221 @@ impl Notifier {
             None => Ok(report),
         }
     }
+
+    /// Asks every channel's worker (the queue output's excepted) for a pass, starting the workers
+    /// on first use; returns what to wait on.
+    pub fn kick(&self, store: &Arc<dyn Store>) -> Tickets {
+        self.started.get_or_init(|| {
+            for slot in self.slots.iter().filter(|s| !Notifier::is_queue(s)) {
+                tokio::spawn(work(slot.clone(), store.clone(), self.quick));
+            }
+        });
+        Tickets(
+            self.slots
+                .iter()
+                .map(|slot| {
+                    if Notifier::is_queue(slot) {
+                        return 0;
+                    }
+                    let ticket = slot.kicks.fetch_add(1, Ordering::SeqCst) + 1;
+                    slot.kicked.notify_one();
+                    ticket
+                })
+                .collect(),
+        )
+    }
+
+    /// A sweep's delivery after its [`Notifier::kick`]: drains the queue output here (its alerts
+    /// go in this invocation's `outputs`), waits up to `wait` for each worker's pass that began
+    /// after the kick, and reports everything the workers did since the last report. A channel
+    /// still busy then is named in `still_delivering` and goes on in the background.
+    pub async fn collect(
+        &self,
+        store: &Arc<dyn Store>,
+        now: Timestamp,
+        tickets: Tickets,
+        wait: Duration,
+    ) -> Result<DeliveryReport, StoreError> {
+        let mut report = DeliveryReport::default();
+        for slot in self.slots.iter().filter(|s| Notifier::is_queue(s)) {
+            report.absorb(drain(slot, store.as_ref(), now, self.quick).await?.report);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        for (slot, ticket) in self.slots.iter().zip(tickets.0) {
+            // Not waiting at all (the standalone ticker) is not a channel still busy.
+            if Notifier::is_queue(slot) || wait.is_zero() {
+                continue;
+            }
+            let mut finished = slot.finished.subscribe();
+            let done = tokio::time::timeout_at(deadline, finished.wait_for(|f| *f >= ticket));
+            if !matches!(done.await, Ok(Ok(_))) {
+                report
+                    .still_delivering
+                    .push(slot.channel.name().to_string());
+            }
+        }
+        for slot in &self.slots {
+            let mut unreported = slot.unreported.lock().expect("not poisoned");
+            report.absorb(std::mem::take(&mut *unreported));
+        }
+        if let Some(q) = &self.queue {
+            report.outputs = q.take();
+        }
+        Ok(report)
+    }
 }
 
-/// One channel's pass: batches oldest first until its queue is empty or a send fails.
+/// A channel's worker: a pass whenever it is kicked, or when what held its queue back (a back-off,
+/// another instance's lease) ends. Runs as long as the runtime.
+async fn work(slot: Arc<Slot>, store: Arc<dyn Store>, quick: Duration) {
+    let mut wake: Option<Timestamp> = None;
+    loop {
+        match wake {
+            Some(at) => {
+                let ms = (at.unix_millis() - Timestamp::now().unix_millis()).max(0) as u64;
+                tokio::select! {
+                    _ = slot.kicked.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                }
+            }
+            None => slot.kicked.notified().await,
+        }
+        let ticket = slot.kicks.load(Ordering::SeqCst);
+        let now = Timestamp::now();
+        let done = match drain(&slot, store.as_ref(), now, quick).await {
+            Ok(pass) => {
+                wake = pass.wake;
+                pass.report
+            }
+            Err(e) => {
+                log::error(format_args!(
+                    "alert channel {} cannot read its queue, trying again in 10s: {e}",
+                    slot.channel.name()
+                ));
+                wake = Some(now.plus_millis(10_000));
+                DeliveryReport {
+                    store_failures: 1,
+                    ..DeliveryReport::default()
+                }
+            }
+        };
+        slot.unreported.lock().expect("not poisoned").absorb(done);
+        slot.finished.send_replace(ticket);
+    }
+}
+
+/// One channel's pass, and when the channel next has something due that it held back.
+struct Pass {
+    report: DeliveryReport,
+    wake: Option<Timestamp>,
+}
+
+/// Renews the lease on `ids` every [`LEASE_RENEW_EVERY`] while `work` runs (the clock reads
+/// `leased_at` when it starts), keeping `ids` current; `None` when a renewal finds the lease lost.
+///
+/// A lost lease means that this instance could not renew in time (a pause, a store that did not
+/// answer for a whole lease) and another instance took the batch over: that instance now sends it
+/// and removes it from the outbox. So `work` is abandoned — an in-flight POST is dropped, since
+/// letting it finish could only add a duplicate — and the batch is neither marked delivered (the
+/// removal is conditional on the lease's ETag, which the new holder's lease replaced) nor failed
+/// (its back-off is the new holder's to record). What this instance still held of the batch
+/// becomes free when its lease ends. A renewal that fails for another reason is tried again at
+/// the next tick: two in a row may fail before the lease can run out.
+async fn hold<T>(
+    store: &dyn Store,
+    ids: &mut Vec<String>,
+    leased_at: Timestamp,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    tokio::pin!(work);
+    let started = tokio::time::Instant::now();
+    let mut renew = tokio::time::interval_at(started + LEASE_RENEW_EVERY, LEASE_RENEW_EVERY);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return Some(out),
+            _ = renew.tick() => {
+                let now = leased_at.plus_millis(started.elapsed().as_millis() as i64);
+                match store.renew(ids.clone(), now).await {
+                    Ok(Some(renewed)) => *ids = renewed,
+                    Ok(None) => return None,
+                    Err(e) => log::warn(format_args!(
+                        "cannot renew a delivery's lease, trying again in {}s: {e}",
+                        LEASE_RENEW_EVERY.as_secs()
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// Sends `bodies`, retrying quickly (see [`quick_wait`]) for up to `quick`; the last result.
+async fn send_retrying(
+    ch: &dyn Channel,
+    bodies: &[AlertBody],
+    quick: Duration,
+) -> Result<(), Failure> {
+    let started = tokio::time::Instant::now();
+    let mut retry = 0;
+    loop {
+        let failure = match ch.send(bodies).await {
+            Ok(()) => return Ok(()),
+            Err(f) => f,
+        };
+        retry += 1;
+        match quick_wait(&failure, retry, started.elapsed(), quick) {
+            Some(wait) => tokio::time::sleep(wait).await,
+            None => return Err(failure),
+        }
+    }
+}
+
+/// One channel's pass: batches oldest first until its queue is empty or a send fails. Each batch
+/// is leased when it is taken (at `now` or the real time, whichever is later) and the lease is
+/// renewed while it is being sent, however long that takes.
 async fn drain(
     slot: &Slot,
     store: &dyn Store,
     now: Timestamp,
-) -> Result<DeliveryReport, StoreError> {
+    quick: Duration,
+) -> Result<Pass, StoreError> {
     let ch = slot.channel.as_ref();
     let mut report = DeliveryReport::default();
-    loop {
-        let batch: Vec<QueuedAlert> = store.queued(ch.name(), now, ch.batch_size()).await?;
+    let wake = loop {
+        let leased_at = now.max(Timestamp::now());
+        let batch: Vec<QueuedAlert> = store.queued(ch.name(), leased_at, ch.batch_size()).await?;
         if batch.is_empty() {
-            break;
+            break store.held_back_until(ch.name());
         }
-        let (ids, bodies) = set_aside_unreadable(store, &batch, now, &mut report).await?;
+        let (mut ids, bodies) = set_aside_unreadable(store, &batch, leased_at, &mut report).await?;
         if bodies.is_empty() {
             if batch.len() < ch.batch_size() {
-                break;
+                break store.held_back_until(ch.name());
             }
             continue;
         }
-        match ch.send(&bodies).await {
+        // Quick retries are for a batch's first attempt: once it failed, a receiver that stays
+        // down costs one request per durable back-off, not a series each time.
+        let quick = if batch.iter().all(|q| q.attempts == 0) {
+            quick
+        } else {
+            Duration::ZERO
+        };
+        let Some(sent) = hold(
+            store,
+            &mut ids,
+            leased_at,
+            send_retrying(ch, &bodies, quick),
+        )
+        .await
+        else {
+            log::warn(format_args!(
+                "alert channel {}: another instance took over a batch this one held too long; it delivers it",
+                ch.name()
+            ));
+            break None;
+        };
+        match sent {
             Ok(()) => {
                 report.delivered += ids.len();
                 for b in &bodies {
@@ -357,19 +645,18 @@ async fn drain(
                     .problems
                     .push(format!("{}: {}", ch.name(), failure.message()));
                 note_problem(slot, &failure, wait);
-                // Back off from when the attempt failed (up to 10 s after `now`).
-                let failed_at = Timestamp::now().max(now);
-                store
-                    .failed(ids, failed_at.plus_millis(wait.as_millis() as i64))
-                    .await?;
-                break;
+                // Back off from when the attempt failed (never before the clock the pass was given).
+                let failed_at = Timestamp::now().max(leased_at);
+                let next = failed_at.plus_millis(wait.as_millis() as i64);
+                store.failed(ids, next).await?;
+                break Some(next);
             }
         }
         if batch.len() < ch.batch_size() {
-            break;
+            break store.held_back_until(ch.name());
         }
-    }
-    Ok(report)
+    };
+    Ok(Pass { report, wake })
 }
 
 /// The readable part of a batch (ids and bodies, in order); every entry whose body is not an
@@ -427,5 +714,63 @@ fn note_problem(slot: &Slot, failure: &Failure, wait: Duration) {
             wait.as_secs()
         ));
         *last = Some(failure.message().to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BUDGET: Duration = QUICK_RETRY_FOR;
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn quick_retries_wait_1_2_4_then_8_seconds_within_the_budget() {
+        let f = Failure::Transient("HTTP 500".into());
+        let mut elapsed = Duration::ZERO;
+        let mut waits = Vec::new();
+        for retry in 1.. {
+            match quick_wait(&f, retry, elapsed, BUDGET) {
+                Some(w) => {
+                    waits.push(w.as_secs());
+                    elapsed += w;
+                }
+                None => break,
+            }
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 8], "the last retry starts at 23 s");
+        // A receiver back within the budget waits at most 8 s for the next try.
+        assert!(waits.iter().all(|w| *w <= QUICK_RETRY_MAX_WAIT.as_secs()));
+    }
+
+    #[test]
+    fn throttling_is_retried_quickly_and_retry_after_is_honoured_as_it_is() {
+        let teams = Failure::Throttled("HTTP 429".into(), None);
+        assert_eq!(quick_wait(&teams, 1, Duration::ZERO, BUDGET), Some(secs(1)));
+        assert_eq!(quick_wait(&teams, 3, secs(3), BUDGET), Some(secs(4)));
+        let told = |s| Failure::Throttled("HTTP 503".into(), Some(secs(s)));
+        assert_eq!(
+            quick_wait(&told(3), 1, Duration::ZERO, BUDGET),
+            Some(secs(3))
+        );
+        assert_eq!(
+            quick_wait(&told(0), 1, Duration::ZERO, BUDGET),
+            Some(secs(1))
+        );
+        // Beyond the budget: the durable back-off, which honours it too.
+        assert_eq!(quick_wait(&told(120), 1, Duration::ZERO, BUDGET), None);
+        assert_eq!(told(120).backoff(1), secs(120));
+        assert_eq!(quick_wait(&told(20), 1, secs(15), BUDGET), None);
+    }
+
+    #[test]
+    fn refusals_and_a_zero_budget_are_not_retried_quickly() {
+        let refused = Failure::Rejected("HTTP 404".into());
+        assert_eq!(quick_wait(&refused, 1, Duration::ZERO, BUDGET), None);
+        let down = Failure::Transient("cannot connect".into());
+        assert_eq!(quick_wait(&down, 1, Duration::ZERO, Duration::ZERO), None);
     }
 }

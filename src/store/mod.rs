@@ -22,6 +22,15 @@ use std::time::Duration;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// How long an instance owns the alerts a shared store's [`Store::queued`] leased to it, from the
+/// moment it leased or last renewed them. Short, so that the alerts of an instance that died are
+/// delivered by another within about this long; renewed every [`LEASE_RENEW_EVERY`] while they
+/// are being delivered, so a slow receiver or a long sweep never outlives it.
+pub const LEASE: Duration = Duration::from_secs(15);
+/// How often a delivery in progress renews its lease: a third of [`LEASE`], so two renewals in a
+/// row may fail (a slow store) before the lease can run out.
+pub const LEASE_RENEW_EVERY: Duration = Duration::from_secs(5);
+
 /// What a store needs to know besides its location: the rules' parameters, and the channels every
 /// alert is queued for (one outbox entry per channel, each delivered and retried on its own).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,6 +248,28 @@ pub trait Store: Send + Sync {
 
     /// Removes delivered alerts from the outbox.
     fn delivered(&self, ids: Vec<String>) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Extends the lease on alerts that [`Store::queued`] handed out (`ids` are its handles, or
+    /// those a previous renewal returned), from `now`, and returns their new handles in the same
+    /// order. `None` when the lease is lost: another instance took at least one of them over after
+    /// the lease ran out (it then delivers them), so the caller must stop working on them. A store
+    /// that only one process uses has no leases and returns `ids` as they are.
+    fn renew(
+        &self,
+        ids: Vec<String>,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<Option<Vec<String>>, StoreError>> {
+        let _ = now;
+        Box::pin(async move { Ok(Some(ids)) })
+    }
+
+    /// After a [`Store::queued`] call for `channel` handed out less than was asked: when an alert
+    /// it held back becomes due (the end of another instance's lease), as that call saw it.
+    /// `None`: nothing held back, or the store does not know (the next sweep looks again).
+    fn held_back_until(&self, channel: &str) -> Option<Timestamp> {
+        let _ = channel;
+        None
+    }
 
     /// Records a failed attempt: the alerts are tried again at `next_attempt_at`.
     fn failed(

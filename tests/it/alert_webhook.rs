@@ -21,6 +21,16 @@ fn start(url: &str) -> Connmon {
     ])
 }
 
+/// Like [`start`] with the quick retries inside an attempt off: for the tests of what stays queued
+/// between sweeps and of the durable back-off (the quick retries are `delivery.rs`'s).
+fn start_durable(url: &str) -> Connmon {
+    Connmon::functions(&[
+        ("CONNMON_GRACE_PERIOD", "2s"),
+        ("CONNMON_ALERT_WEBHOOK_URL", url),
+        ("CONNMON_QUICK_RETRY_FOR", "0s"),
+    ])
+}
+
 fn assert_no_secret(cm: &Connmon) {
     let logs = cm.logs();
     assert!(!logs.contains(SECRET), "the webhook URL leaked:\n{logs}");
@@ -170,7 +180,7 @@ fn alert_bodies_carry_the_documented_fields() {
 #[test]
 fn a_failing_receiver_gets_every_alert_once_in_order_after_it_recovers() {
     let rx = Receiver::start(vec![Answer::Status(500)]);
-    let cm = start(&hook_url(&rx));
+    let cm = start_durable(&hook_url(&rx));
     cm.event(&disconnected("flaky-a", 1, &ago(600)));
     cm.event(&disconnected("flaky-b", 1, &ago(500)));
     let s = cm.sweep();
@@ -240,7 +250,7 @@ fn a_throttling_receiver_is_retried_after_its_retry_after() {
         429,
         vec![("Retry-After".into(), "1".into())],
     )]);
-    let cm = start(&hook_url(&rx));
+    let cm = start_durable(&hook_url(&rx));
     cm.event(&disconnected("throttled", 1, &ago(600)));
     let s = cm.sweep();
     assert_eq!((s.new_alerts, s.delivered, s.queued), (1, 0, 1), "{s:?}");
@@ -300,7 +310,7 @@ fn a_receiver_that_hangs_up_or_redirects_is_a_failed_delivery() {
         Answer::StatusWith(307, vec![("Location".into(), "http://127.0.0.1:9/".into())]),
     ] {
         let rx = Receiver::start(vec![answer.clone()]);
-        let cm = start(&hook_url(&rx));
+        let cm = start_durable(&hook_url(&rx));
         cm.event(&disconnected("hangup", 1, &ago(600)));
         let s = cm.sweep();
         assert_eq!(
@@ -353,7 +363,7 @@ fn throttle_once() -> Receiver {
 #[test]
 fn deleting_a_device_cancels_its_unsent_disconnected_alert() {
     let rx = throttle_once();
-    let cm = start(&hook_url(&rx));
+    let cm = start_durable(&hook_url(&rx));
     cm.event(&disconnected("doomed", 1, &ago(600)));
     cm.event(&disconnected("survivor", 1, &ago(600)));
     let s = cm.sweep();
@@ -378,7 +388,7 @@ fn deleting_a_device_cancels_its_unsent_disconnected_alert() {
 #[test]
 fn deleting_a_device_never_leaves_a_lone_reconnected_alert() {
     let rx = throttle_once();
-    let cm = start(&hook_url(&rx));
+    let cm = start_durable(&hook_url(&rx));
     cm.event(&disconnected("flip", 1, &ago(600)));
     let s = cm.sweep(); // claimed; delivery throttled, so it stays queued
     assert_eq!((s.new_alerts, s.queued), (1, 1), "{s:?}");

@@ -443,7 +443,8 @@ fn slack_200_without_ok_is_a_failure_and_retried_later() {
             slack_ok(),
         ),
         Receiver::start_then(vec![], pd_ok()),
-        &[],
+        // Quick retries off: this is about the retry between sweeps.
+        &[("CONNMON_QUICK_RETRY_FOR", "0s")],
     );
     rig.cm.event(&disconnected("lost", 1, &ago(600)));
     let s = rig.cm.sweep();
@@ -523,7 +524,8 @@ fn slack_throttling_is_retried_after_its_retry_after() {
             slack_ok(),
         ),
         Receiver::start_then(vec![], pd_ok()),
-        &[],
+        // Quick retries off: this is about the retry between sweeps.
+        &[("CONNMON_QUICK_RETRY_FOR", "0s")],
     );
     rig.cm.event(&disconnected("busy", 1, &ago(600)));
     let s = rig.cm.sweep();
@@ -613,7 +615,8 @@ fn pagerduty_resumes_a_batch_after_the_event_that_failed() {
             ],
             pd_ok(),
         ),
-        &[],
+        // Quick retries off: this is about the retry between sweeps.
+        &[("CONNMON_QUICK_RETRY_FOR", "0s")],
     );
     for (i, d) in ["first", "second", "third"].iter().enumerate() {
         rig.cm.event(&disconnected(d, 1, &ago(600 - i as i64)));
@@ -647,7 +650,8 @@ fn a_channel_that_is_down_does_not_block_the_others() {
         Receiver::start_then(vec![], Answer::Status(500)),
         Receiver::start_then(vec![], slack_ok()),
         Receiver::start_then(vec![], pd_ok()),
-        &[],
+        // Quick retries off: this is about the retry between sweeps.
+        &[("CONNMON_QUICK_RETRY_FOR", "0s")],
     );
     rig.cm.event(&disconnected("up-a", 1, &ago(600)));
     rig.cm.event(&disconnected("up-b", 1, &ago(590)));

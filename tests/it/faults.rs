@@ -69,7 +69,8 @@ fn a_receiver_that_never_answers_costs_one_timeout_and_blocks_no_event() {
         Duration::from_secs(15),
         Box::new(Answer::Close),
     )]);
-    let cm = start_with_webhook(&rx, &[]);
+    // Quick retries off: one attempt, one timeout (the quick retries are `delivery.rs`'s).
+    let cm = start_with_webhook(&rx, &[("CONNMON_QUICK_RETRY_FOR", "0s")]);
     cm.event(&disconnected("hung-1", 1, &ago(600)));
 
     let (sweep, took, during) = thread::scope(|s| {
@@ -182,7 +183,9 @@ fn backoff_schedule(rt: tokio::runtime::Runtime, store: Arc<dyn Store>) {
     let o = Outbox {
         rt,
         store,
-        notifier: Notifier::new(vec![Box::new(Webhook::new(Secret::new(url), 20))], None),
+        // The durable schedule alone: the quick retries inside an attempt are tested on their own.
+        notifier: Notifier::new(vec![Box::new(Webhook::new(Secret::new(url), 20))], None)
+            .with_quick_retries(Duration::ZERO),
         t0: Timestamp::now().plus_millis(3_600_000),
     };
     for d in ["a", "b", "c"] {

@@ -23,6 +23,7 @@ mod clock;
 mod crash;
 mod dashboard;
 mod dead_letters;
+mod delivery;
 mod faults;
 mod host;
 mod http_edge;

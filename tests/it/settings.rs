@@ -425,3 +425,17 @@ fn replay_and_simulate_refuse_the_graces_the_setting_refuses() {
         }
     }
 }
+
+#[test]
+fn quick_retry_time_defaults_to_30s_and_stays_under_the_timer_period() {
+    assert_eq!(load(&[]).unwrap().quick_retry_for, Duration::from_secs(30));
+    let off = load(&[("CONNMON_QUICK_RETRY_FOR", "0s")]).unwrap();
+    assert_eq!(off.quick_retry_for, Duration::ZERO);
+    let most = load(&[("CONNMON_QUICK_RETRY_FOR", "40s")]).unwrap();
+    assert_eq!(most.quick_retry_for, Duration::from_secs(40));
+    for bad in ["41s", "1m", "soon", "-1s"] {
+        let e = load(&[("CONNMON_QUICK_RETRY_FOR", bad)]).unwrap_err();
+        assert_eq!(e.name, "CONNMON_QUICK_RETRY_FOR");
+        assert!(e.to_string().contains("between 0s (off) and 40s"), "{e}");
+    }
+}

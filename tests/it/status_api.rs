@@ -378,6 +378,8 @@ fn metrics_parse_as_prometheus_text_and_count_what_happened() {
         ("CONNMON_GRACE_PERIOD", "5m"),
         ("CONNMON_SWEEP_INTERVAL", "1h"),
         ("CONNMON_ALERT_WEBHOOK_URL", &hook),
+        // One failed attempt to count, not recovered by a quick retry 1 s later.
+        ("CONNMON_QUICK_RETRY_FOR", "0s"),
     ]);
     // A hub name a forged event could carry: quotes and backslashes must be escaped in labels.
     let odd_hub = "evil\"hub\\x";

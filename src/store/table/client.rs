@@ -287,6 +287,9 @@ pub enum BatchOp {
     Insert(Entity),
     /// Replace at `etag` (`If-Match`; `"*"` = whatever version exists, but it must exist).
     Replace { entity: Entity, etag: String },
+    /// Merge the entity's properties into the stored one at `etag` (`If-Match`): the properties
+    /// not named are kept.
+    Merge { entity: Entity, etag: String },
     /// Insert or replace, unconditionally.
     Upsert(Entity),
     /// Delete at `etag` (`"*"` = any version, but it must exist).
@@ -296,9 +299,10 @@ pub enum BatchOp {
 impl BatchOp {
     fn row_key(&self) -> &str {
         match self {
-            BatchOp::Insert(e) | BatchOp::Upsert(e) | BatchOp::Replace { entity: e, .. } => {
-                &e.row_key
-            }
+            BatchOp::Insert(e)
+            | BatchOp::Upsert(e)
+            | BatchOp::Replace { entity: e, .. }
+            | BatchOp::Merge { entity: e, .. } => &e.row_key,
             BatchOp::Delete { row_key, .. } => row_key,
         }
     }
@@ -843,7 +847,10 @@ impl TableClient {
         check_key("PartitionKey", pk)?;
         let mut seen = std::collections::HashSet::new();
         for (i, op) in ops.iter().enumerate() {
-            if let BatchOp::Insert(e) | BatchOp::Upsert(e) | BatchOp::Replace { entity: e, .. } = op
+            if let BatchOp::Insert(e)
+            | BatchOp::Upsert(e)
+            | BatchOp::Replace { entity: e, .. }
+            | BatchOp::Merge { entity: e, .. } = op
             {
                 if e.partition_key != pk {
                     return Err(TableError::Invalid(format!(
@@ -901,6 +908,12 @@ impl TableClient {
                 BatchOp::Insert(e) => ("POST", self.table_url(), None, Some(e)),
                 BatchOp::Replace { entity, etag } => (
                     "PUT",
+                    self.entity_url_string(pk, &entity.row_key),
+                    Some(etag.as_str()),
+                    Some(entity),
+                ),
+                BatchOp::Merge { entity, etag } => (
+                    "MERGE",
                     self.entity_url_string(pk, &entity.row_key),
                     Some(etag.as_str()),
                     Some(entity),

@@ -56,8 +56,9 @@ use tokio::task::JoinSet;
 pub const SHARDS: u32 = 32;
 /// Attempts at one conditional update before giving up (each after re-reading).
 const MAX_CONFLICT_RETRIES: usize = 16;
-/// How long an instance owns the alerts it is delivering; another instance may take them after.
-const LEASE_MS: i64 = 60_000;
+/// How long an instance owns the alerts it is delivering (from the lease or its last renewal);
+/// another instance may take them after.
+const LEASE_MS: i64 = super::LEASE.as_millis() as i64;
 /// Identities applied in parallel within one delivery (different identities never conflict).
 const PARALLEL_IDENTITIES: usize = 32;
 
@@ -76,6 +77,9 @@ struct Inner {
     known: Memory<Entity>,
     /// The generation of the store marker this process knows (see [`Inner::check_reset`]).
     generation: std::sync::Mutex<Option<i64>>,
+    /// Per channel, when the alert the last [`Inner::lease`] stopped at becomes due (another
+    /// instance's lease ends, or its back-off): what `Store::held_back_until` answers.
+    held_back: std::sync::Mutex<HashMap<String, Timestamp>>,
 }
 
 /// The identity entities this process wrote last, with the ETags the service gave them, so the
@@ -307,6 +311,7 @@ impl TableStore {
             rows: Rows::default(),
             known: Memory::default(),
             generation: Default::default(),
+            held_back: std::sync::Mutex::new(HashMap::new()),
         });
         // Learns the store's generation (or starts the first one) in the background: a fresh
         // process cannot tell a first start from a reset, so this never raises an alert, and
@@ -602,12 +607,15 @@ fn dead_entity(e: &Entity, reason: &str, now: Timestamp) -> Entity {
 
 /// The opaque handle `queued` gives out: partition, row key and the lease's ETag.
 fn handle(e: &Entity) -> String {
-    format!(
-        "{}\u{1f}{}\u{1f}{}",
-        e.partition_key,
-        e.row_key,
-        e.etag.as_deref().unwrap_or("*")
+    handle_of(
+        &e.partition_key,
+        &e.row_key,
+        e.etag.as_deref().unwrap_or("*"),
     )
+}
+
+fn handle_of(pk: &str, rk: &str, etag: &str) -> String {
+    format!("{pk}\u{1f}{rk}\u{1f}{etag}")
 }
 
 fn parse_handle(h: &str) -> Option<(&str, &str, &str)> {
@@ -1005,47 +1013,153 @@ impl Inner {
         now: Timestamp,
         limit: usize,
     ) -> Result<Vec<QueuedAlert>, StoreError> {
-        let channel = channel.to_string();
+        let name = channel.to_string();
         let mut all = per_shard(self, move |me, pk| {
-            let channel = channel.clone();
+            let channel = name.clone();
             async move { me.outbox(pk, channel).await }
         })
         .await?;
         // Oldest first: the row key starts with the time the alert was raised.
         all.sort_by(|a, b| a.row_key[2..].cmp(&b.row_key[2..]));
         let mut picked = Vec::new();
+        let mut held_back = None;
         for e in all {
-            if picked.len() >= limit || e.get_i64("nextAttemptAt").unwrap_or(0) > now.unix_millis()
-            {
+            if picked.len() >= limit {
                 break;
             }
-            if e.get_i64("leaseUntil").unwrap_or(0) > now.unix_millis() {
-                // Being delivered by another instance, or by one that died doing it (then it is
-                // handed out again when the lease ends): what queued behind it waits, or it
-                // could overtake it (a `reconnected` before its `disconnected`).
+            let due = e.get_i64("nextAttemptAt").unwrap_or(0);
+            let lease = e.get_i64("leaseUntil").unwrap_or(0);
+            if due > now.unix_millis() || lease > now.unix_millis() {
+                // Backing off, or being delivered by another instance, or by one that died doing
+                // it (then it is handed out again when the lease ends): what queued behind it
+                // waits, or it could overtake it (a `reconnected` before its `disconnected`).
+                held_back = Some(Timestamp::from_unix_millis(due.max(lease)));
                 break;
             }
             picked.push(e);
         }
-        let mut out = Vec::with_capacity(picked.len());
-        for mut e in picked {
-            let etag = e.etag.clone().unwrap_or_else(|| "*".into());
-            e.set_i64("leaseUntil", now.unix_millis() + LEASE_MS);
-            match self.client.replace(&e, &etag).await {
-                Ok(new_etag) => {
-                    e.etag = Some(new_etag);
-                    out.push(QueuedAlert {
-                        id: handle(&e),
-                        body: e.get_str("body").unwrap_or_default().to_string(),
-                        attempts: e.get_i64("attempts").unwrap_or(0) as u32,
-                    });
+        // Every picked entity is leased at once, one conditional merge batch per partition: one
+        // at a time, 500 of them took longer than the lease itself on a busy store.
+        let keys: Vec<(String, String, String)> = picked
+            .iter()
+            .map(|e| {
+                let etag = e.etag.clone().unwrap_or_else(|| "*".into());
+                (e.partition_key.clone(), e.row_key.clone(), etag)
+            })
+            .collect();
+        let etags = self.set_leases(keys, now.unix_millis() + LEASE_MS).await?;
+        // Someone else leased or delivered one first: keep order by handing out only what came
+        // before it, and free what was leased after it.
+        let cut = etags
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(etags.len());
+        let lost_race = cut < etags.len();
+        let free: Vec<(String, String, String)> = picked[cut..]
+            .iter()
+            .zip(&etags[cut..])
+            .filter_map(|(e, etag)| {
+                let etag = etag.clone()?;
+                Some((e.partition_key.clone(), e.row_key.clone(), etag))
+            })
+            .collect();
+        if !free.is_empty() {
+            // Best effort: what is not freed here is free when its lease ends.
+            let _ = self.set_leases(free, 0).await;
+        }
+        let out: Vec<QueuedAlert> = picked
+            .into_iter()
+            .zip(etags)
+            .take(cut)
+            .map(|(mut e, etag)| {
+                e.etag = etag;
+                QueuedAlert {
+                    id: handle(&e),
+                    body: e.get_str("body").unwrap_or_default().to_string(),
+                    attempts: e.get_i64("attempts").unwrap_or(0) as u32,
                 }
-                // Someone else leased or delivered it first; keep order by stopping here.
-                Err(err) if is_contention(&err) || matches!(err, TableError::NotFound) => break,
-                Err(err) => return Err(table_err(err)),
+            })
+            .collect();
+        if lost_race {
+            // Another instance leased it just now: its lease ends within `LEASE_MS`.
+            held_back = Some(now.plus_millis(LEASE_MS));
+        }
+        let mut memo = self.held_back.lock().unwrap_or_else(|p| p.into_inner());
+        match held_back {
+            Some(t) => memo.insert(channel.to_string(), t),
+            None => memo.remove(channel),
+        };
+        Ok(out)
+    }
+
+    /// Sets `leaseUntil = until` on each `(partition, row key, etag)` with ETag-conditional
+    /// merges of that property alone: one entity-group batch per partition (up to 100 entities),
+    /// all partitions at once. Returns each entity's new ETag, or `None` where its batch found an
+    /// entity changed or gone (another instance leased or delivered it).
+    async fn set_leases(
+        self: &Arc<Self>,
+        keys: Vec<(String, String, String)>,
+        until: i64,
+    ) -> Result<Vec<Option<String>>, StoreError> {
+        let mut by_pk: BTreeMap<String, Vec<(usize, BatchOp)>> = BTreeMap::new();
+        for (i, (pk, rk, etag)) in keys.iter().enumerate() {
+            let mut e = Entity::new(pk, rk);
+            e.set_i64("leaseUntil", until);
+            let op = BatchOp::Merge {
+                entity: e,
+                etag: etag.clone(),
+            };
+            by_pk.entry(pk.clone()).or_default().push((i, op));
+        }
+        let mut tasks = JoinSet::new();
+        for (pk, ops) in by_pk {
+            for chunk in chunks(ops, 100) {
+                let (me, pk) = (self.clone(), pk.clone());
+                tasks.spawn(async move {
+                    let (index, ops): (Vec<usize>, Vec<BatchOp>) = chunk.into_iter().unzip();
+                    match me.client.batch(&pk, ops).await {
+                        Ok(etags) => Ok(index.into_iter().zip(etags).collect()),
+                        Err(e) if is_contention(&e) || is_not_found(&e) => {
+                            Ok(index.into_iter().map(|i| (i, None)).collect::<Vec<_>>())
+                        }
+                        Err(e) => Err(table_err(e)),
+                    }
+                });
+            }
+        }
+        let mut out = vec![None; keys.len()];
+        while let Some(done) = tasks.join_next().await {
+            let done =
+                done.map_err(|e| StoreError::Unavailable(format!("lease task failed: {e}")))?;
+            for (i, etag) in done? {
+                out[i] = etag;
             }
         }
         Ok(out)
+    }
+
+    /// Extends the leases behind `handles` to `now + LEASE_MS`; `None` when one of them was
+    /// changed or gone: another instance leased it after this one's lease ran out.
+    async fn renew(
+        self: &Arc<Self>,
+        handles: Vec<String>,
+        now: Timestamp,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let mut keys = Vec::with_capacity(handles.len());
+        for h in &handles {
+            let Some((pk, rk, etag)) = parse_handle(h) else {
+                return Ok(None);
+            };
+            keys.push((pk.to_string(), rk.to_string(), etag.to_string()));
+        }
+        let etags = self
+            .set_leases(keys.clone(), now.unix_millis() + LEASE_MS)
+            .await?;
+        Ok(keys
+            .iter()
+            .zip(etags)
+            .map(|((pk, rk, _), etag)| Some(handle_of(pk, rk, &etag?)))
+            .collect())
     }
 }
 
@@ -1373,6 +1487,23 @@ impl Store for TableStore {
     ) -> BoxFuture<'_, Result<Vec<QueuedAlert>, StoreError>> {
         let channel = channel.to_string();
         Box::pin(async move { self.inner.lease(&channel, now, limit).await })
+    }
+
+    fn renew(
+        &self,
+        ids: Vec<String>,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<Option<Vec<String>>, StoreError>> {
+        Box::pin(async move { self.inner.renew(ids, now).await })
+    }
+
+    fn held_back_until(&self, channel: &str) -> Option<Timestamp> {
+        let memo = self
+            .inner
+            .held_back
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        memo.get(channel).copied()
     }
 
     fn delivered(&self, ids: Vec<String>) -> BoxFuture<'_, Result<(), StoreError>> {
