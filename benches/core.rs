@@ -1,4 +1,4 @@
-//! Core benchmark (issue 6, item 1): one connection event from bytes to a state transition,
+//! Core benchmark: one connection event from bytes to a state transition,
 //! in memory, beside serde_json parsing alone of the same bytes (the ceiling).
 //!
 //! Two envelopes: a direct Event Grid delivery (a JSON array of one event, `POST /api/events`) and

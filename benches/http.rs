@@ -1,4 +1,4 @@
-//! HTTP load benchmark (issue 6, items 2 and 5): the real `connmon` binary in Functions mode with
+//! HTTP load benchmark: the real `connmon` binary in Functions mode with
 //! the durable SQLite store, driven over keep-alive HTTP/1.1 by a closed-loop generator (each
 //! connection sends its next request when the previous answer is read; the connections share two
 //! event-loop threads, [`GENERATOR_THREADS`]).

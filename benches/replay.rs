@@ -1,4 +1,4 @@
-//! Replay benchmark (issue 8, item 4): events per second from JSONL history through
+//! Replay benchmark: events per second from JSONL history through
 //! `connmon replay`'s stages, in memory.
 //!
 //! Input: `simulate` output (one compact Event Grid event a line, ~520 bytes, in delivery order with

@@ -1,4 +1,4 @@
-//! Status API benchmark (issue 9): what the read side costs on a real SQLite file of 100k (and, with
+//! Status API benchmark: what the read side costs on a real SQLite file of 100k (and, with
 //! `--sizes`, 1M) identities — `GET /api/status`'s counts, one page of `GET /api/devices?state=
 //! offline`, the whole dashboard (one pass over every identity plus rendering), and `/metrics` —
 //! against a baseline measured on the same file in the same run: a bare `SELECT COUNT(*)`.

@@ -1,4 +1,4 @@
-//! Sweep scaling benchmark (issue 6, items 3 and 5): a real SQLite file with 10k, 100k and 1M
+//! Sweep scaling benchmark: a real SQLite file with 10k, 100k and 1M
 //! tracked identities, and the sweep's claim loop (`Store::claim_due(now, 5000)` until a chunk comes
 //! back short, as `Monitor::sweep` does) with 0%, 1% and 10% of them due. Also: bulk-load rate,
 //! bytes per identity on disk, and the process's peak RSS (`VmHWM`).

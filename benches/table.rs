@@ -1,4 +1,4 @@
-//! Table Storage against Azurite (issue 6, item 4): storage requests per event and per alert, and
+//! Table Storage against Azurite: storage requests per event and per alert, and
 //! events/s, for `TableStore` talking to a real Azurite table service.
 //!
 //! Requests are counted from outside the client: the store talks to a small HTTP/1.1 forwarding

@@ -1,4 +1,4 @@
-//! Alerts as they leave connmon: the wire body of design.md ([`AlertBody`], what the outbox stores
+//! Alerts as they leave connmon: the alert body of docs/rules.md ([`AlertBody`], what the outbox stores
 //! and every channel renders from) and the one-line log form. Delivery lives in `channels`.
 
 use crate::machine::{Alert, AlertKind};

@@ -1,4 +1,4 @@
-//! The status API's answers (issue 9): serde views built from store records by pure functions, so
+//! The status API's answers: serde views built from store records by pure functions, so
 //! the JSON routes and the dashboard show the same figures. The routes live in `server`; the
 //! reads in `Monitor`.
 

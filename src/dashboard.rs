@@ -1,4 +1,4 @@
-//! `GET /api/dashboard`: the status page, one server-rendered HTML document (issue 9). It loads
+//! `GET /api/dashboard`: the status page, one server-rendered HTML document. It loads
 //! nothing and runs no script (the route sends a CSP that forbids both): inline CSS, inline SVG
 //! timelines, and a `<meta http-equiv="refresh">` without a URL, so the browser reloads the very
 //! URL it has, `?code=` included.

@@ -3,7 +3,7 @@
 //! whose `Data.<binding>` holds the event as an object, a JSON string, or a JSON string holding a
 //! JSON string (host-protocol.md).
 //!
-//! Two kinds of failure, kept apart on purpose (design.md rule 8):
+//! Two kinds of failure, kept apart on purpose (docs/rules.md §8):
 //! - [`EnvelopeError`]: the body as a whole is not something we accept → HTTP 400;
 //! - [`Decoded::Rejected`]: one event inside an accepted body cannot be understood → logged,
 //!   counted and acknowledged, so one bad event never blocks a subscription.

@@ -1,4 +1,4 @@
-//! The per-identity state machine: the rules of design.md as two pure functions.
+//! The per-identity state machine: the rules of docs/rules.md as two pure functions.
 //!
 //! [`apply`] folds one event into an identity's state; [`claim_due`] decides at sweep time whether
 //! an open outage has outlived the grace period. Neither does I/O or reads a clock: `now` is a

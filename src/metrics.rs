@@ -1,4 +1,4 @@
-//! Operational figures (issue 9): counters kept in memory per process, rendered as the Prometheus
+//! Operational figures: counters kept in memory per process, rendered as the Prometheus
 //! text exposition format (`GET /metrics`, standalone) or as one JSON log line of what changed
 //! since the last one (Functions mode, for Application Insights).
 //!

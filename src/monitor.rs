@@ -678,7 +678,7 @@ impl Monitor {
     }
 }
 
-/// The status API's reads (issue 9). Every figure comes from the store, so any instance answers
+/// The status API's reads. Every figure comes from the store, so any instance answers
 /// for all of them.
 impl Monitor {
     /// `GET /api/status`.

@@ -11,7 +11,7 @@
 //! Status codes live in [`ApiError`]: 400 for a body that is not JSON or not an envelope, 413 over
 //! [`MAX_BODY`], 408 for a body slower than [`BODY_READ_TIMEOUT`], 401 without the standalone
 //! webhook key when one is set, 503 when the store failed (so Event Grid or the host redelivers). A body that is
-//! accepted is acknowledged with 200 even when some events in it were rejected (design.md rule 8).
+//! accepted is acknowledged with 200 even when some events in it were rejected (docs/rules.md §8).
 
 use crate::decode::{self, EnvelopeError};
 use crate::model::Timestamp;

@@ -67,7 +67,7 @@ impl<T> fmt::Debug for Secret<T> {
 pub struct Settings {
     pub mode: Mode,
     pub grace: Duration,
-    /// The generic webhook (design.md).
+    /// The generic webhook (docs/rules.md, the alert body).
     pub webhook_url: Option<Secret<String>>,
     /// A Microsoft Teams Workflows webhook ("When a Teams webhook request is received").
     pub teams_url: Option<Secret<String>>,

@@ -1,4 +1,4 @@
-//! What operators see (issue 9), decided purely: an identity's status at `now`, the bounded
+//! What operators see, decided purely: an identity's status at `now`, the bounded
 //! history of what happened to it, and per-hub liveness (the dead-man's switch). No I/O, no clock.
 //!
 //! The stores keep the [`History`] beside each identity's state (one text column / property,

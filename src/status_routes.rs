@@ -1,4 +1,4 @@
-//! The status routes (issue 9), in both modes: `GET /api/status`, `/api/devices`,
+//! The status routes, in both modes: `GET /api/status`, `/api/devices`,
 //! `/api/devices/{deviceId}`, `/api/devices/{deviceId}/modules/{moduleId}`, `/api/dashboard` and
 //! `/metrics`. Who may call them is decided in `server::app` (`ApiAccess`); the figures come from
 //! `Monitor`, the shapes from `api`, the page from `dashboard`.

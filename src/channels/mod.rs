@@ -8,7 +8,7 @@
 //!
 //! | channel | file | what it sends |
 //! |---|---|---|
-//! | `webhook` | `webhook.rs` | the generic `{"alerts": [...]}` batch of design.md, plus `outage` summaries |
+//! | `webhook` | `webhook.rs` | the generic `{"alerts": [...]}` batch of docs/rules.md, plus `outage` summaries |
 //! | `teams` | `teams.rs` | one Adaptive Card 1.4 per batch through a Workflows webhook |
 //! | `slack` | `slack.rs` | one Block Kit message per batch through an incoming webhook |
 //! | `pagerduty` | `pagerduty.rs` | Events API v2 `trigger` / `resolve` events, one per notice |
@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Per-request timeout for HTTP channels: a slow receiver is a failed delivery (design.md).
+/// Per-request timeout for HTTP channels: a slow receiver is a failed delivery (docs/rules.md, the alert body).
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a send failed, and so how to retry it.

@@ -1,4 +1,4 @@
-//! The generic webhook (design.md): `POST {"alerts": [...]}` with the per-identity alerts exactly as
+//! The generic webhook (docs/rules.md, the alert body): `POST {"alerts": [...]}` with the per-identity alerts exactly as
 //! queued, followed by an `outage` / `outage_resolved` summary per hub when a batch holds at least
 //! the group threshold of one hub's alerts (`grouping.rs`). Any 2xx is delivered.
 

@@ -1,4 +1,4 @@
-//! Alert delivery to a real HTTP receiver: the wire body (design.md "Alert delivery"), the
+//! Alert delivery to a real HTTP receiver: the wire body (docs/rules.md, the alert body), the
 //! `disconnected` / `reconnected` pairing, retries after failures without loss or reordering, and
 //! the webhook URL (which carries a credential) never reaching the logs.
 
@@ -382,7 +382,7 @@ fn deleting_a_device_cancels_its_unsent_disconnected_alert() {
     assert_eq!(cm.sweep().new_alerts, 0);
 }
 
-/// design.md: a `reconnected` alert follows a `disconnected` alert that was sent; README rule 5: "A
+/// docs/rules.md §4: a `reconnected` alert follows a `disconnected` alert that was sent; docs/rules.md §5: "A
 /// `reconnected` alert is never sent for a deleted device". When deletion withdraws the unsent
 /// `disconnected`, its already-queued `reconnected` must not arrive on its own.
 #[test]

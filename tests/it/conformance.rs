@@ -667,7 +667,7 @@ async fn two_instances_taking_turns_decide_like_one(b: Backend) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// What operators see (issue 9)
+// What operators see
 
 /// An identity's history as `kind@t+seconds` (times relative to NOW_MS).
 async fn history(store: &dyn Store, i: &Identity) -> Vec<String> {

@@ -1,4 +1,4 @@
-//! The pure core, table-driven: every rule of design.md as a script of events and sweeps over one
+//! The pure core, table-driven: every rule of docs/rules.md as a script of events and sweeps over one
 //! or more identities, checked against the transcript it must produce. No I/O, no clock.
 
 use connmon::machine::{apply, claim_due, dedup_key, Claim, IdentityState, Outcome, Policy};

@@ -1,4 +1,4 @@
-//! Crash safety under load (issue 7, item 1): more than 10,000 events are delivered to the real
+//! Crash safety under load: more than 10,000 events are delivered to the real
 //! binary by concurrent host "threads" while the timer sweeps and alerts go to a real webhook
 //! receiver; the process is SIGKILLed at random moments (seeded; the seed is printed), restarted
 //! on the same SQLite file or the same Table Storage table, and everything not acknowledged is

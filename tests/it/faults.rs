@@ -1,4 +1,4 @@
-//! Faults around connmon (issue 7, items 2 and 3): the alert channel is down for a while (500s,
+//! Faults around connmon: the alert channel is down for a while (500s,
 //! no answer, connections refused) and the store fails (the SQLite file's disk is full or the file
 //! is read-only, Table Storage stops). What must hold: every alert arrives, none is lost, retries
 //! back off; a delivery the store could not make durable is answered non-2xx (so Event Grid
@@ -173,7 +173,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a runtime")
 }
 
-/// The back-off of design.md ("10 s, then doubling up to 10 min") through a long outage of the
+/// The back-off of the README's delivery table ("10 s, then doubling up to 10 min") through a long outage of the
 /// receiver that fails in every way in turn — connection refused, 500, hang-up, no answer, 502 —
 /// while more alerts are raised behind the first ones. Each attempt happens exactly when the
 /// schedule says and not a second earlier; after the outage everything arrives once, in order.

@@ -1,4 +1,4 @@
-//! Fuzzing every decoder with proptest (issue 7, item 5): the body decoders (`decode::parse_json`
+//! Fuzzing every decoder with proptest: the body decoders (`decode::parse_json`
 //! then `decode_delivery` and `decode_host_invocation`), the settings (`Settings::from_lookup`,
 //! which includes the Table Storage connection settings), and the value parsers they rest on
 //! (`parse_duration`, `Timestamp::parse_rfc3339`, `SequenceNumber::parse`).

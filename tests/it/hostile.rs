@@ -1,4 +1,4 @@
-//! Issue 7, items 6 and 8: hostile input and standalone exposure, against the real binary.
+//! Hostile input and standalone exposure, against the real binary.
 //! - the standalone webhook key (`CONNMON_WEBHOOK_KEY`): required on every route but `GET /`,
 //!   accepted as the `code` query parameter or the `x-functions-key` header, never logged;
 //! - the warning for a keyless non-loopback listener;
@@ -377,7 +377,7 @@ fn secrets_never_reach_logs_errors_or_timer_logs() {
     }
     answers.push_str(&cm.sweep().logs.join("\n"));
     answers.push_str(&Request::get("/").send(cm.port).text());
-    // The operator surfaces of issue 9 too: status, devices, one device, the page, the metrics.
+    // The operator surfaces too: status, devices, one device, the page, the metrics.
     for path in [
         "/api/status",
         "/api/devices",

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod citations;
 mod conformance;
 mod core;
 mod decode;

@@ -1,4 +1,4 @@
-//! Model-based property test of the core and the SQLite store (issue 7, item 4).
+//! Model-based property test of the core and the SQLite store.
 //!
 //! Each case is a ground-truth timeline of connects and disconnects for up to six identities
 //! (devices and modules, two hubs), reported the way IoT Hub reports it: sequence numbers increase
@@ -12,7 +12,7 @@
 //!
 //! The schedule drives the real core (`machine::apply` / `claim_due`) and, in a second test, the
 //! real SQLite store through the `Store` trait, and the result is checked three ways:
-//! - against [`reference`], design.md rules 2–4 and 6 restated in a few lines: the exact sequence
+//! - against [`reference`], docs/rules.md §2–§4 and §6 restated in a few lines: the exact sequence
 //!   of `disconnected` / `reconnected` alerts (flapping is outside the model);
 //! - against properties of the timeline that hold whatever the implementation ([`check_timeline`]):
 //!   final state, one alert per outage, no alert for a gap whose reconnect arrived in time, a real
@@ -684,7 +684,7 @@ fn run_store(case: &Case) -> (Run, Vec<(String, String)>) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The reference model: design.md rules 2, 3, 4 and 6, and nothing else
+// The reference model: docs/rules.md §2, §3, §4 and §6, and nothing else
 
 /// What the model keeps per identity: the highest sequence counter applied, and the open outage
 /// (start time, counter of the disconnect that opened or last restarted it, alert sent).
@@ -694,7 +694,7 @@ struct RefIdentity {
     outage: Option<(i64, u128, bool)>,
 }
 
-/// The `disconnected` / `reconnected` alerts design.md prescribes for the schedule, as [`line`]s.
+/// The `disconnected` / `reconnected` alerts docs/rules.md prescribes for the schedule, as [`line`]s.
 fn reference(case: &Case) -> Vec<String> {
     let grace_s = case.grace_ms / 1000;
     let mut ids: BTreeMap<usize, RefIdentity> = BTreeMap::new();

@@ -1,4 +1,4 @@
-//! `connmon replay` and `connmon simulate` (issue 8): every input format, the engine against the
+//! `connmon replay` and `connmon simulate`: every input format, the engine against the
 //! core's rules, the fast JSONL path against the production decoder, the report (JSON shape, HTML),
 //! and simulate → replay round trips scored against ground truth.
 

@@ -1,5 +1,5 @@
 //! Durability across a crash: what connmon acknowledged or queued survives a SIGKILL, and the next
-//! process on the same SQLite file picks it up (design.md rule 7; the host restarts a handler on
+//! process on the same SQLite file picks it up (docs/rules.md §7; the host restarts a handler on
 //! every function timeout).
 
 use crate::support::*;

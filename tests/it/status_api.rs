@@ -1,4 +1,4 @@
-//! Issue 9: the status API (`/api/status`, `/api/devices…`) in both modes and who may call it,
+//! The status API (`/api/status`, `/api/devices…`) in both modes and who may call it,
 //! `/metrics` read by the Prometheus project's own text-format parser, Functions-mode metric log
 //! lines, and the dead-man's switch (`CONNMON_HUB_QUIET_AFTER`) end to end.
 

@@ -1,4 +1,4 @@
-//! The pure side of issue 9 (`connmon::status`): classification, the bounded history and what adds
+//! The pure side of the operator surfaces (`connmon::status`): classification, the bounded history and what adds
 //! to it, the dead-man's switch on a virtual clock, and the API's views and cursors. No I/O.
 
 use connmon::api::{self, DashboardBuilder, StateFilter};

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 // ---------------------------------------------------------------------------------------------
 // Fixtures
 
-/// The fields of every alert object the webhook receives (design.md), also what replay reports.
+/// The fields of every alert object the webhook receives (docs/rules.md, the alert body), also what replay reports.
 pub const ALERT_FIELDS: [&str; 10] = [
     "kind",
     "dedupKey",

@@ -1164,7 +1164,7 @@ impl Inner {
 }
 
 // ---------------------------------------------------------------------------------------------
-// What operators see (issue 9): reads of identities, hubs and the dead-man's switch
+// What operators see: reads of identities, hubs and the dead-man's switch
 
 impl Inner {
     /// Up to `limit` identity entities of partition `pk` in `[from, to)` after `after` (a row
