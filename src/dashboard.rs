@@ -4,39 +4,17 @@
 //! URL it has, `?code=` included.
 //!
 //! Ids come from events anyone who can post one controls, so every text and attribute value goes
-//! through [`escape`], and only through the [`Page`] writer: markup it writes is either a
+//! through [`escape_into`], and only through the [`Page`] writer: markup it writes is either a
 //! `&'static str` written here or escaped text; nothing else can reach the output. The page is also
 //! well-formed XML (void elements closed, no named entities), so tests can parse it with an XML
 //! parser. Layout: tables on a desktop, one card per row below 640 px (each cell labelled from its
 //! `data-label`), ids wrap anywhere, nothing wider than the screen.
 
 use crate::api::{Dashboard, DeviceView, HubView};
+use crate::html::escape_into;
 use crate::model::Timestamp;
 use crate::status::{Change, ChangeKind};
 use std::fmt::Write as _;
-
-/// Escapes text for element content and for single- or double-quoted attribute values, in HTML and
-/// XML alike. Control characters (which XML 1.0 forbids; ids cannot hold them) become U+FFFD.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 8);
-    escape_into(&mut out, s);
-    out
-}
-
-fn escape_into(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            '\n' | '\t' => out.push(c),
-            c if c.is_control() => out.push('\u{fffd}'),
-            c => out.push(c),
-        }
-    }
-}
 
 /// The only writer of the page: tag and attribute names and fixed markup are `&'static str`
 /// (written in this file), every value and text is escaped.
@@ -850,17 +828,6 @@ mod tests {
             kind,
             seconds: None,
         }
-    }
-
-    #[test]
-    fn escape_covers_markup_quotes_and_controls() {
-        assert_eq!(
-            escape(r#"<script>alert('x')</script> & "q" ' % $ * ( )"#),
-            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot; &#39; % $ * ( )"
-        );
-        assert_eq!(escape("a\u{0}b\u{7}c"), "a\u{fffd}b\u{fffd}c");
-        assert_eq!(escape("plain-id_1.ü"), "plain-id_1.ü");
-        assert_eq!(escape("&amp;"), "&amp;amp;");
     }
 
     #[test]
