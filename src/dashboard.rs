@@ -11,6 +11,7 @@
 //! `data-label`), ids wrap anywhere, nothing wider than the screen.
 
 use crate::api::{Dashboard, DeviceView, HubView};
+use crate::channels::people::duration;
 use crate::html::escape_into;
 use crate::model::Timestamp;
 use crate::status::{Change, ChangeKind};
@@ -83,28 +84,6 @@ impl Page {
             None => self.markup("\u{2014}"),
         }
         self.end("td");
-    }
-}
-
-/// `7` → `7s`, `125` → `2m 5s`, `7500` → `2h 5m`, `93600` → `1d 2h`: the two largest units.
-pub fn span(secs: i64) -> String {
-    let secs = secs.max(0);
-    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
-    let two = |a: i64, au: &str, b: i64, bu: &str| {
-        if b == 0 {
-            format!("{a}{au}")
-        } else {
-            format!("{a}{au} {b}{bu}")
-        }
-    };
-    if d > 0 {
-        two(d, "d", h, "h")
-    } else if h > 0 {
-        two(h, "h", m, "m")
-    } else if m > 0 {
-        two(m, "m", s, "s")
-    } else {
-        format!("{s}s")
     }
 }
 
@@ -495,7 +474,7 @@ fn header(p: &mut Page, d: &Dashboard, refresh_seconds: u32) {
     match parse(&s.last_sweep_at) {
         Some(t) => {
             p.time(t, d.now);
-            p.text(&format!(" ({} ago)", span(d.now.seconds_since(t))));
+            p.text(&format!(" ({} ago)", duration(d.now.seconds_since(t))));
         }
         None => p.markup("never"),
     }
@@ -526,9 +505,9 @@ fn header(p: &mut Page, d: &Dashboard, refresh_seconds: u32) {
     p.start("p", &[("class", "meta")]);
     p.text(&format!(
         "Grace period {}; hub silence alerts {}; alert deliveries queued: {}.",
-        span(s.grace_period_seconds),
+        duration(s.grace_period_seconds),
         s.hub_quiet_after_seconds
-            .map_or("off".into(), |q| format!("after {}", span(q))),
+            .map_or("off".into(), |q| format!("after {}", duration(q))),
         s.queued_deliveries
     ));
     p.markup("</p></header>");
@@ -659,7 +638,7 @@ fn hubs(p: &mut Page, hubs: &[HubView], now: Timestamp) {
             Timestamp::parse_rfc3339(&h.last_event_at),
             now,
         );
-        p.cell("Ago", "t", &span(h.seconds_since_last_event));
+        p.cell("Ago", "t", &duration(h.seconds_since_last_event));
         p.start("td", &[("data-label", "Status")]);
         match quiet {
             Some(t) => {
@@ -698,7 +677,7 @@ fn offline_section(p: &mut Page, d: &Dashboard) {
         device_row_start(p, "offline", v, d.now);
         p.time_cell("Offline since", parse(&v.offline_since), d.now);
         p.start("td", &[("class", "t for"), ("data-label", "For")]);
-        p.text(&v.offline_seconds.map_or("\u{2014}".into(), span));
+        p.text(&v.offline_seconds.map_or("\u{2014}".into(), duration));
         p.end("td");
         p.time_cell("Silenced until", parse(&v.silenced_until), d.now);
         timeline_cell(p, v, history, d.now);
@@ -747,7 +726,11 @@ fn alerts(p: &mut Page, d: &Dashboard) {
         identity_cells(p, id.hub(), id.device(), id.module());
         // A flapping alert's downtime is always 0: nothing to show.
         let downtime = c.seconds.filter(|_| !kind.starts_with("flapping"));
-        p.cell("Downtime", "t", &downtime.map_or("\u{2014}".into(), span));
+        p.cell(
+            "Downtime",
+            "t",
+            &downtime.map_or("\u{2014}".into(), duration),
+        );
         p.end("tr");
     }
     Section::end(p, table);
@@ -828,18 +811,6 @@ mod tests {
             kind,
             seconds: None,
         }
-    }
-
-    #[test]
-    fn spans_read_like_people_write_them() {
-        assert_eq!(span(0), "0s");
-        assert_eq!(span(59), "59s");
-        assert_eq!(span(60), "1m");
-        assert_eq!(span(125), "2m 5s");
-        assert_eq!(span(7500), "2h 5m");
-        assert_eq!(span(7200), "2h");
-        assert_eq!(span(93_600), "1d 2h");
-        assert_eq!(span(-5), "0s");
     }
 
     #[test]
