@@ -4,39 +4,18 @@
 //! URL it has, `?code=` included.
 //!
 //! Ids come from events anyone who can post one controls, so every text and attribute value goes
-//! through [`escape`], and only through the [`Page`] writer: markup it writes is either a
+//! through [`escape_into`], and only through the [`Page`] writer: markup it writes is either a
 //! `&'static str` written here or escaped text; nothing else can reach the output. The page is also
 //! well-formed XML (void elements closed, no named entities), so tests can parse it with an XML
 //! parser. Layout: tables on a desktop, one card per row below 640 px (each cell labelled from its
 //! `data-label`), ids wrap anywhere, nothing wider than the screen.
 
 use crate::api::{Dashboard, DeviceView, HubView};
+use crate::channels::people::duration;
+use crate::html::escape_into;
 use crate::model::Timestamp;
 use crate::status::{Change, ChangeKind};
 use std::fmt::Write as _;
-
-/// Escapes text for element content and for single- or double-quoted attribute values, in HTML and
-/// XML alike. Control characters (which XML 1.0 forbids; ids cannot hold them) become U+FFFD.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 8);
-    escape_into(&mut out, s);
-    out
-}
-
-fn escape_into(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            '\n' | '\t' => out.push(c),
-            c if c.is_control() => out.push('\u{fffd}'),
-            c => out.push(c),
-        }
-    }
-}
 
 /// The only writer of the page: tag and attribute names and fixed markup are `&'static str`
 /// (written in this file), every value and text is escaped.
@@ -105,28 +84,6 @@ impl Page {
             None => self.markup("\u{2014}"),
         }
         self.end("td");
-    }
-}
-
-/// `7` → `7s`, `125` → `2m 5s`, `7500` → `2h 5m`, `93600` → `1d 2h`: the two largest units.
-pub fn span(secs: i64) -> String {
-    let secs = secs.max(0);
-    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
-    let two = |a: i64, au: &str, b: i64, bu: &str| {
-        if b == 0 {
-            format!("{a}{au}")
-        } else {
-            format!("{a}{au} {b}{bu}")
-        }
-    };
-    if d > 0 {
-        two(d, "d", h, "h")
-    } else if h > 0 {
-        two(h, "h", m, "m")
-    } else if m > 0 {
-        two(m, "m", s, "s")
-    } else {
-        format!("{s}s")
     }
 }
 
@@ -517,7 +474,7 @@ fn header(p: &mut Page, d: &Dashboard, refresh_seconds: u32) {
     match parse(&s.last_sweep_at) {
         Some(t) => {
             p.time(t, d.now);
-            p.text(&format!(" ({} ago)", span(d.now.seconds_since(t))));
+            p.text(&format!(" ({} ago)", duration(d.now.seconds_since(t))));
         }
         None => p.markup("never"),
     }
@@ -548,9 +505,9 @@ fn header(p: &mut Page, d: &Dashboard, refresh_seconds: u32) {
     p.start("p", &[("class", "meta")]);
     p.text(&format!(
         "Grace period {}; hub silence alerts {}; alert deliveries queued: {}.",
-        span(s.grace_period_seconds),
+        duration(s.grace_period_seconds),
         s.hub_quiet_after_seconds
-            .map_or("off".into(), |q| format!("after {}", span(q))),
+            .map_or("off".into(), |q| format!("after {}", duration(q))),
         s.queued_deliveries
     ));
     p.markup("</p></header>");
@@ -681,7 +638,7 @@ fn hubs(p: &mut Page, hubs: &[HubView], now: Timestamp) {
             Timestamp::parse_rfc3339(&h.last_event_at),
             now,
         );
-        p.cell("Ago", "t", &span(h.seconds_since_last_event));
+        p.cell("Ago", "t", &duration(h.seconds_since_last_event));
         p.start("td", &[("data-label", "Status")]);
         match quiet {
             Some(t) => {
@@ -720,7 +677,7 @@ fn offline_section(p: &mut Page, d: &Dashboard) {
         device_row_start(p, "offline", v, d.now);
         p.time_cell("Offline since", parse(&v.offline_since), d.now);
         p.start("td", &[("class", "t for"), ("data-label", "For")]);
-        p.text(&v.offline_seconds.map_or("\u{2014}".into(), span));
+        p.text(&v.offline_seconds.map_or("\u{2014}".into(), duration));
         p.end("td");
         p.time_cell("Silenced until", parse(&v.silenced_until), d.now);
         timeline_cell(p, v, history, d.now);
@@ -769,7 +726,11 @@ fn alerts(p: &mut Page, d: &Dashboard) {
         identity_cells(p, id.hub(), id.device(), id.module());
         // A flapping alert's downtime is always 0: nothing to show.
         let downtime = c.seconds.filter(|_| !kind.starts_with("flapping"));
-        p.cell("Downtime", "t", &downtime.map_or("\u{2014}".into(), span));
+        p.cell(
+            "Downtime",
+            "t",
+            &downtime.map_or("\u{2014}".into(), duration),
+        );
         p.end("tr");
     }
     Section::end(p, table);
@@ -850,29 +811,6 @@ mod tests {
             kind,
             seconds: None,
         }
-    }
-
-    #[test]
-    fn escape_covers_markup_quotes_and_controls() {
-        assert_eq!(
-            escape(r#"<script>alert('x')</script> & "q" ' % $ * ( )"#),
-            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot; &#39; % $ * ( )"
-        );
-        assert_eq!(escape("a\u{0}b\u{7}c"), "a\u{fffd}b\u{fffd}c");
-        assert_eq!(escape("plain-id_1.ü"), "plain-id_1.ü");
-        assert_eq!(escape("&amp;"), "&amp;amp;");
-    }
-
-    #[test]
-    fn spans_read_like_people_write_them() {
-        assert_eq!(span(0), "0s");
-        assert_eq!(span(59), "59s");
-        assert_eq!(span(60), "1m");
-        assert_eq!(span(125), "2m 5s");
-        assert_eq!(span(7500), "2h 5m");
-        assert_eq!(span(7200), "2h");
-        assert_eq!(span(93_600), "1d 2h");
-        assert_eq!(span(-5), "0s");
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! - [`status`]: what operators see, pure — classification, per-identity history, the dead-man's
 //!   switch (`check_hub`).
 //! - [`api`]: the status API's views and cursors; [`dashboard`]: the status page;
+//!   [`html`]: the one HTML escape (status page and replay report);
 //!   [`metrics`]: counters in the Prometheus text format and as Functions-mode log lines.
 //! - [`server`]: the axum router and its status codes; [`status_routes`]: the read-only routes.
 //! - [`listen`]: the accept loop — header timeout, graceful shutdown, the connection cap sized
@@ -39,6 +40,7 @@ pub mod channels;
 pub mod cli;
 pub mod dashboard;
 pub mod decode;
+pub mod html;
 pub mod listen;
 pub mod log;
 pub mod logs;

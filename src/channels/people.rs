@@ -45,7 +45,8 @@ pub fn shown_hub(hub: &str) -> String {
     clip(hub, MAX_HUB)
 }
 
-/// `45s`, `5m 12s`, `2h 5m`, `3d 4h`: the two largest units, zero parts left out.
+/// `45s`, `5m 12s`, `2h 5m`, `3d 4h`: the two largest units, zero parts left out. The status page
+/// (`dashboard`) writes its durations with this too, so a page and a message say the same.
 pub fn duration(secs: i64) -> String {
     let secs = secs.max(0);
     let parts = [
@@ -488,6 +489,18 @@ mod tests {
         ] {
             assert_eq!(duration(secs), want, "{secs}");
         }
+    }
+
+    #[test]
+    fn the_status_page_spans_read_like_people_write_them() {
+        assert_eq!(duration(0), "0s");
+        assert_eq!(duration(59), "59s");
+        assert_eq!(duration(60), "1m");
+        assert_eq!(duration(125), "2m 5s");
+        assert_eq!(duration(7500), "2h 5m");
+        assert_eq!(duration(7200), "2h");
+        assert_eq!(duration(93_600), "1d 2h");
+        assert_eq!(duration(-5), "0s");
     }
 
     #[test]

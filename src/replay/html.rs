@@ -6,24 +6,8 @@
 //! through [`escape`]. The page is also well-formed XML, so tests parse it with an XML parser.
 
 use super::report::{human, Report};
+use crate::html::escape;
 use std::fmt::Write as _;
-
-/// Escapes text for HTML element content and attribute values.
-pub fn escape(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c if c.is_control() && c != '\n' && c != '\t' => o.push('\u{fffd}'),
-            c => o.push(c),
-        }
-    }
-    o
-}
 
 const W: f64 = 760.0;
 const H: f64 = 260.0;

@@ -213,7 +213,8 @@ pub struct DuplicateSuspect {
     pub reasons: Vec<String>,
 }
 
-/// `90` → `1m30s`, `300` → `5m`, `3600` → `1h`.
+/// `90` → `1m30s`, `300` → `5m`, `3600` → `1h`. Not `channels::people::duration` (`1m 30s`, the two
+/// largest units only): this one writes every unit without spaces, and the text report keeps its bytes.
 pub fn human(secs: i64) -> String {
     if secs == 0 {
         return "0s".into();
